@@ -139,7 +139,7 @@ _write_build_info(with_cuda, cpu_flags)
 # torch >= 2.14 headers require C++20; older ones are built and tested with C++17.
 _torch_mm = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 cxx_std = "-std=c++20" if _torch_mm >= (2, 14) else "-std=c++17"
-cxx_flags = ["-O3", cxx_std, "-fopenmp", "-fvisibility=hidden", "-DPy_LIMITED_API=0x03090000",
+cxx_flags = ["-O3", cxx_std, "-fopenmp", "-fvisibility=hidden",
              "-Wall", "-Wno-unused-function"] + cpu_flags
 ldflags = ["-fopenmp"]
 ext_kwargs = dict(
@@ -163,5 +163,5 @@ else:
 setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
