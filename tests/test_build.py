@@ -76,7 +76,9 @@ def test_cuda_source_compiles_with_nvcc(cu, tmp_path):
     """Every torch-free .cu compiles for sm_80 and sm_90; it must not include torch headers."""
     text = cu.read_text()
     assert "torch/" not in text and "ATen/" not in text, f"{cu.name} includes torch headers: keep .cu files torch-free"
-    cmd = ["nvcc", "-std=c++17", f"-I{ROOT / 'csrc'}", "--expt-relaxed-constexpr",
+    # The same defines torch's CUDAExtension passes to nvcc: no implicit half/bfloat16 conversions.
+    cmd = ["nvcc", "-std=c++17", f"-I{ROOT / 'csrc'}", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+           "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
            "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
            "-c", str(cu), "-o", str(tmp_path / "k.o")]
     r = subprocess.run(cmd, capture_output=True, text=True)
