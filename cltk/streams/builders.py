@@ -23,23 +23,18 @@ under ``$CLTK_DATA``):
     common shape: the largest channel count (grayscale is repeated to 3 channels when mixed with colour) and the
     largest height and width (or ``image_size``), resized with bilinear interpolation (antialiased).
 
-Targets, in the output space of the scenario (see :mod:`cltk.streams.base`); ``K`` is the number of classes of a task:
+Targets, in the output space of the scenario (see :mod:`cltk.streams.base`); K is the number of classes of a task.
+Task-IL and class-IL use the same mapping:
 
-==============  ==============================================  ==================================================
-benchmark       ``task`` and ``class`` (same mapping)            ``domain``
-==============  ==============================================  ==================================================
-split           unit = position of the class in the task-order   unit = index of the class within its task,
-                concatenation of the partition (with the default  ``n_outputs`` = classes per task (all tasks must
-                order this is the class id itself); task t owns   have the same size)
-                its own classes' units; ``n_outputs`` = number
-                of classes used
-permuted,       unit = label + K * t; task t owns units           unit = label, ``n_outputs`` = K
-rotated         K t .. K t + K - 1; ``n_outputs`` = K * n_tasks
-seq             unit = label + (sum of the class counts of the    unit = label, ``n_outputs`` = the largest K
-                earlier data sets); ``n_outputs`` = sum of all K
-==============  ==============================================  ==================================================
+* split, task/class: a class's unit is its position in the concatenation of the tasks' class lists (with the
+  default fixed order, the class id itself); task t owns its own classes' units; ``n_outputs`` = classes used.
+* split, domain: the class's index within its task; ``n_outputs`` = classes per task (tasks must be equal in size).
+* permuted and rotated, task/class: label + K t; task t owns units K t .. K t + K - 1; ``n_outputs`` = K n_tasks.
+* permuted and rotated, domain: the label; ``n_outputs`` = K.
+* seq, task/class: label + the class counts of the earlier data sets; ``n_outputs`` = the sum of all K.
+* seq, domain: the label; ``n_outputs`` = the largest K.
 
-Task-IL and class-IL share the mapping; they differ in what the loop evaluates (``Task.output_units`` only for
+Task-IL and class-IL differ only in what the loop evaluates (``Task.output_units`` only for
 task-IL, ``Stream.units_seen`` or all units for class-IL).
 
 Splits and seeds: a task's test split is drawn from the data set's test set, its train and validation splits from
@@ -154,10 +149,14 @@ def _rng(seed: int, task: int, purpose: int) -> np.random.Generator:
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _to_float(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+def _to_float(x: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float32 in [0, 1] at ``shape`` (C, H, W)."""
     c, h, w = shape
-    out = x.to(torch.float32).div_(255.0)
+    # numpy for the element-wise part: single-threaded, it avoids torch's OpenMP start-up cost on small arrays,
+    # and float32 division by 255 rounds exactly like torch's x.float() / 255
+    a = x.astype(np.float32)
+    a /= np.float32(255.0)
+    out = torch.from_numpy(a)
     if out.shape[1] != c:
         if out.shape[1] != 1:
             raise ValueError(f"make_stream: cannot bring {out.shape[1]}-channel images to {c} channels")
@@ -167,12 +166,12 @@ def _to_float(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     return out.contiguous()
 
 
-def _permute(perm: Optional[torch.Tensor]) -> Transform:
+def _permute(perm: Optional[np.ndarray]) -> Transform:
     def apply(x: torch.Tensor) -> torch.Tensor:
         if perm is None:
             return x
         n, c, h, w = x.shape
-        return x.reshape(n, c, h * w)[:, :, perm].reshape(n, c, h, w).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(x.numpy().reshape(n, c, h * w)[:, :, perm]).reshape(n, c, h, w))
     return apply
 
 
@@ -187,11 +186,9 @@ def _rotate(angle: float) -> Transform:
         n, _, h, w = x.shape
         cos, sin = math.cos(a), math.sin(a)
         theta = torch.tensor([[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=torch.float32)
-        out = torch.empty_like(x)
-        for s in range(0, n, 8192):
-            chunk = x[s:s + 8192]
-            grid = F.affine_grid(theta.expand(chunk.shape[0], 2, 3), list(chunk.shape), align_corners=False)
-            out[s:s + 8192] = F.grid_sample(chunk, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        grid = F.affine_grid(theta[None], [1, x.shape[1], h, w], align_corners=False)  # one grid for all images
+        out = F.grid_sample(x, grid.expand(n, -1, -1, -1), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
         return out.clamp_(0.0, 1.0)
     return apply
 
@@ -202,23 +199,21 @@ def _build_task(index: int, name: str, ds: Dataset, classes: Sequence[int], outp
                 target_of: np.ndarray, shape: tuple[int, int, int], transform: Transform, seed: int,
                 val_fraction: float, train_per_task: Optional[int], test_per_task: Optional[int]) -> Task:
     """One task over the images of ``ds`` whose label is in ``classes``; ``target_of[label]`` is the target."""
-    cls = torch.tensor(list(classes), dtype=torch.int64)
     tr_lab, te_lab = ds.train_y.numpy(), ds.test_y.numpy()
-    tr_idx = np.flatnonzero(torch.isin(ds.train_y, cls).numpy())
-    te_idx = np.flatnonzero(torch.isin(ds.test_y, cls).numpy())
+    tr_idx = np.flatnonzero(np.isin(tr_lab, classes))
+    te_idx = np.flatnonzero(np.isin(te_lab, classes))
     tr_idx = _subsample(tr_idx, tr_lab, train_per_task, _rng(seed, index, _RNG_TRAIN))
     tr_idx, va_idx = _carve_val(tr_idx, tr_lab, val_fraction, _rng(seed, index, _RNG_VAL))
     te_idx = _subsample(te_idx, te_lab, test_per_task, _rng(seed, index, _RNG_TEST))
-    tgt = torch.from_numpy(np.asarray(target_of, dtype=np.int64))
+    tgt = np.asarray(target_of, dtype=np.int64)
 
-    def split(images: torch.Tensor, labels: torch.Tensor, idx: np.ndarray) -> Split:
-        i = torch.from_numpy(idx)
-        return Split(x=transform(_to_float(images[i], shape)), y=tgt[labels[i]])
+    def split(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Split:
+        return Split(x=transform(_to_float(images[idx], shape)), y=torch.from_numpy(tgt[labels[idx]]))
 
+    tr_x, te_x = ds.train_x.numpy(), ds.test_x.numpy()
     return Task(index=index, name=name, classes=tuple(int(c) for c in classes),
                 output_units=tuple(int(u) for u in output_units),
-                train=split(ds.train_x, ds.train_y, tr_idx), val=split(ds.train_x, ds.train_y, va_idx),
-                test=split(ds.test_x, ds.test_y, te_idx))
+                train=split(tr_x, tr_lab, tr_idx), val=split(tr_x, tr_lab, va_idx), test=split(te_x, te_lab, te_idx))
 
 
 def _split_partition(k: int, n_tasks: Optional[int], classes_per_task: Optional[int],
@@ -379,7 +374,7 @@ def make_stream(benchmark: str, scenario: str, seed: int = 0, *, n_tasks: Option
             task_names = [f"rotated {a:g} deg" for a in angle_list]
         else:
             count = n_tasks if n_tasks is not None else _DEFAULT_TASKS
-            perms = [None] + [torch.from_numpy(_rng(seed, t, _RNG_PERM).permutation(h * w)) for t in range(1, count)]
+            perms = [None] + [_rng(seed, t, _RNG_PERM).permutation(h * w) for t in range(1, count)]
             transforms = [_permute(p) for p in perms]
             task_names = ["identity"] + [f"permutation {t}" for t in range(1, count)]
             meta["permutation"] = "task 0 identity; task t: numpy default_rng([seed, t, 3]).permutation(H*W)"
