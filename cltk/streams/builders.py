@@ -34,8 +34,8 @@ Task-IL and class-IL use the same mapping:
 * seq, task/class: label + the class counts of the earlier data sets; ``n_outputs`` = the sum of all K.
 * seq, domain: the label; ``n_outputs`` = the largest K.
 
-Task-IL and class-IL differ only in what the loop evaluates (``Task.output_units`` only for
-task-IL, ``Stream.units_seen`` or all units for class-IL).
+Task-IL and class-IL differ only in what the loop evaluates (``Task.output_units`` only for task-IL,
+``Stream.units_seen`` or all units for class-IL).
 
 Splits and seeds: a task's test split is drawn from the data set's test set, its train and validation splits from
 its training set. The validation split is a class-stratified ``val_fraction`` of the task's training pool, chosen by
@@ -171,7 +171,8 @@ def _permute(perm: Optional[np.ndarray]) -> Transform:
         if perm is None:
             return x
         n, c, h, w = x.shape
-        return torch.from_numpy(np.ascontiguousarray(x.numpy().reshape(n, c, h * w)[:, :, perm]).reshape(n, c, h, w))
+        # np.take along the pixel axis is ~3x faster than fancy indexing x[:, :, perm]
+        return torch.from_numpy(np.take(x.numpy().reshape(n, c, h * w), perm, axis=2).reshape(n, c, h, w))
     return apply
 
 

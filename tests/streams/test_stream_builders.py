@@ -184,7 +184,8 @@ def test_rotated_angles_and_targets(mnist5k):
     assert torch.equal(s.tasks[2].train.y, mnist5k.train_y + 20)
     d = make_stream("rotated-mnist5k", "domain", train_per_task=100, test_per_task=20)
     assert d.meta["angles"] == [0.0, 30.0, 60.0, 90.0, 120.0] and d.n_outputs == 10
-    assert make_stream("rotated-mnist5k", "task", n_tasks=2, train_per_task=50, test_per_task=20).meta["angles"] == [0.0, 30.0]
+    two = make_stream("rotated-mnist5k", "task", n_tasks=2, train_per_task=50, test_per_task=20)
+    assert two.meta["angles"] == [0.0, 30.0]
 
 
 # ------------------------------------------------------------------------------------------------------------ seq
@@ -265,7 +266,8 @@ _BAD_ARGUMENTS = [
 
 @needs_mnist5k
 @pytest.mark.parametrize("kwargs,match", _BAD_ARGUMENTS,
-                         ids=[",".join(f"{k}={v!r}" for k, v in kw.items()).replace(" ", "") for kw, _ in _BAD_ARGUMENTS])
+                         ids=[",".join(f"{k}={v!r}" for k, v in kw.items()).replace(" ", "")
+                              for kw, _ in _BAD_ARGUMENTS])
 def test_bad_arguments(kwargs, match):
     args = dict(benchmark="split-mnist5k", scenario="class")
     args.update(kwargs)
