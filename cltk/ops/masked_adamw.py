@@ -1,0 +1,140 @@
+"""Fused row-masked AdamW step over lists of tensors: ``masked_adamw_``.
+
+The step is torch.optim.AdamW's (decoupled weight decay, bias-corrected moments) with a per-row mask folded
+in. A row whose mask is False takes a zero gradient: its momentum and weight decay still act, exactly as
+"zero the masked gradient rows, then AdamW", but the kernel never reads those gradient rows, which is why the
+masked step moves fewer bytes than an unmasked fused AdamW. With ``freeze_masked_rows=True`` masked rows are
+skipped entirely (parameter and both moments unchanged).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from cltk import _ext
+
+__all__ = ["masked_adamw_", "masked_adamw_ref"]
+
+_OP = "masked_adamw_"
+
+
+def _row_view(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+@torch.no_grad()
+def masked_adamw_ref(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    row_masks: Sequence[Optional[Tensor]],
+    steps: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    freeze_masked_rows: bool = False,
+) -> None:
+    """Plain-PyTorch twin of :func:`masked_adamw_`: "zero the masked gradient rows, then AdamW" written with
+    the same tensor ops, in the same order, as ``torch.optim.AdamW``'s single-tensor step."""
+    for p, g, m, v, mask, step in zip(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, strict=True):
+        step_val = float(step)
+        bias_correction1 = 1 - beta1**step_val
+        bias_correction2_sqrt = (1 - beta2**step_val) ** 0.5
+        step_size = lr / bias_correction1
+        if mask is not None:
+            keep = _row_view(mask, g)
+            # where, not mul: a masked row reads as 0 even when its gradient holds inf or nan.
+            g = torch.where(keep, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        if freeze_masked_rows and mask is not None:
+            p_new, m_new, v_new = p.clone(), m.clone(), v.clone()
+        else:
+            p_new, m_new, v_new = p, m, v
+        if weight_decay != 0:
+            p_new.mul_(1 - lr * weight_decay)
+        m_new.lerp_(g, 1 - beta1)
+        v_new.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = (v_new.sqrt() / bias_correction2_sqrt).add_(eps)
+        p_new.addcdiv_(m_new, denom, value=-step_size)
+        if p_new is not p:
+            keep = _row_view(mask, p)
+            p.copy_(torch.where(keep, p_new, p))
+            m.copy_(torch.where(keep, m_new, m))
+            v.copy_(torch.where(keep, v_new, v))
+
+
+def _check_lists(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps) -> None:
+    n = len(params)
+    lens = {"grads": len(grads), "exp_avgs": len(exp_avgs), "exp_avg_sqs": len(exp_avg_sqs),
+            "row_masks": len(row_masks), "steps": len(steps)}
+    for name, k in lens.items():
+        if k != n:
+            raise ValueError(f"masked_adamw_: {name} must have one entry per param ({n}), got {k}")
+
+
+def masked_adamw_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    row_masks: Sequence[Optional[Tensor]],
+    steps: Sequence[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    freeze_masked_rows: bool = False,
+) -> None:
+    """One AdamW step with row masks, in place on ``params``, ``exp_avgs`` and ``exp_avg_sqs``.
+
+    Args:
+        params: tensors of any shape ``[rows, ...]``, float32/float64/float16/bfloat16; updated in place.
+        grads: same shapes and dtypes as ``params`` (may be non-contiguous); read only.
+        exp_avgs, exp_avg_sqs: AdamW's first and second moments, same shapes and dtypes; updated in place.
+        row_masks: per tensor ``None`` (every row active) or a bool ``[rows]`` where True marks a row that
+            receives its gradient. A 1-D tensor (a bias) has one row per element.
+        steps: per tensor a 1-element tensor holding the step count *after* incrementing, as
+            ``torch.optim.AdamW``'s ``state["step"]``; read only (the caller increments it).
+        lr, beta1, beta2, eps, weight_decay: as in ``torch.optim.AdamW``.
+        freeze_masked_rows: False (default) gives masked rows a zero gradient; True leaves them untouched.
+
+    Tensors are grouped by (device, dtype) and each group is one native call. Tensors whose param or
+    moments are not contiguous, and devices without a native kernel, use :func:`masked_adamw_ref`.
+    """
+    _check_lists(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps)
+    kw = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps),
+              weight_decay=float(weight_decay), freeze_masked_rows=bool(freeze_masked_rows))
+    groups: dict = defaultdict(list)
+    fallback: list[int] = []
+    for i, p in enumerate(params):
+        if (_ext.use_native(_OP, p) and p.is_contiguous() and exp_avgs[i].is_contiguous()
+                and exp_avg_sqs[i].is_contiguous()):
+            groups[(p.device, p.dtype)].append(i)
+        else:
+            fallback.append(i)
+    for idx in groups.values():
+        torch.ops.cltk.masked_adamw_(
+            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx], [row_masks[i] for i in idx], [steps[i] for i in idx], **kw)
+    if fallback:
+        masked_adamw_ref(
+            [params[i] for i in fallback], [grads[i] for i in fallback], [exp_avgs[i] for i in fallback],
+            [exp_avg_sqs[i] for i in fallback], [row_masks[i] for i in fallback], [steps[i] for i in fallback],
+            **kw)
+
+
+if _ext.available():
+
+    @torch.library.register_fake("cltk::masked_adamw_")
+    def _masked_adamw_fake(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, *, lr, beta1, beta2, eps,
+                           weight_decay, freeze_masked_rows=False):
+        return None
