@@ -44,6 +44,7 @@ def masked_adamw_ref(
 ) -> None:
     """Plain-PyTorch twin of :func:`masked_adamw_`: "zero the masked gradient rows, then AdamW" written with
     the same tensor ops, in the same order, as ``torch.optim.AdamW``'s single-tensor step."""
+    _check_args(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, lr, beta1, beta2, eps, weight_decay)
     for p, g, m, v, mask, step in zip(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, strict=True):
         step_val = float(step)
         bias_correction1 = 1 - beta1**step_val
@@ -70,13 +71,39 @@ def masked_adamw_ref(
             v.copy_(torch.where(keep, v_new, v))
 
 
-def _check_lists(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps) -> None:
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_args(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, lr, beta1, beta2, eps, weight_decay) -> None:
+    op = "masked_adamw_"
     n = len(params)
     lens = {"grads": len(grads), "exp_avgs": len(exp_avgs), "exp_avg_sqs": len(exp_avg_sqs),
             "row_masks": len(row_masks), "steps": len(steps)}
     for name, k in lens.items():
         if k != n:
-            raise ValueError(f"masked_adamw_: {name} must have one entry per param ({n}), got {k}")
+            raise ValueError(f"{op}: {name} must have one entry per param ({n}), got {k}")
+    for name, val, ok, want in (("lr", lr, lr >= 0, ">= 0"), ("beta1", beta1, 0 <= beta1 < 1, "in [0, 1)"),
+                                ("beta2", beta2, 0 <= beta2 < 1, "in [0, 1)"), ("eps", eps, eps >= 0, ">= 0"),
+                                ("weight_decay", weight_decay, weight_decay >= 0, ">= 0")):
+        if not ok:
+            raise ValueError(f"{op}: {name} must be {want}, got {val}")
+    for i, (p, g, m, v, mask) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, row_masks)):
+        if p.dtype not in _DTYPES:
+            raise ValueError(f"{op}: params[{i}] must be float32, float64, float16 or bfloat16, got {p.dtype}")
+        if not (g.dtype == m.dtype == v.dtype == p.dtype):
+            raise ValueError(f"{op}: grads[{i}], exp_avgs[{i}] and exp_avg_sqs[{i}] must have the dtype of "
+                             f"params[{i}] ({p.dtype}), got {g.dtype}, {m.dtype}, {v.dtype}")
+        if not (g.shape == m.shape == v.shape == p.shape):
+            raise ValueError(f"{op}: grads[{i}], exp_avgs[{i}] and exp_avg_sqs[{i}] must have the shape of "
+                             f"params[{i}] {list(p.shape)}, got {list(g.shape)}, {list(m.shape)}, {list(v.shape)}")
+        if mask is not None:
+            if p.dim() == 0:
+                raise ValueError(f"{op}: row_masks[{i}] must be None for the 0-D params[{i}]")
+            if mask.dtype != torch.bool:
+                raise ValueError(f"{op}: row_masks[{i}] must have dtype bool, got {mask.dtype}")
+            if mask.dim() != 1 or mask.shape[0] != p.shape[0]:
+                raise ValueError(f"{op}: row_masks[{i}] must be 1-D of size params[{i}].size(0) = {p.shape[0]}, "
+                                 f"got shape {list(mask.shape)}")
 
 
 def masked_adamw_(
@@ -107,10 +134,11 @@ def masked_adamw_(
         lr, beta1, beta2, eps, weight_decay: as in ``torch.optim.AdamW``.
         freeze_masked_rows: False (default) gives masked rows a zero gradient; True leaves them untouched.
 
+    Raises ValueError naming the argument for mismatched lengths, shapes, dtypes or masks.
     Tensors are grouped by (device, dtype) and each group is one native call. Tensors whose param or
     moments are not contiguous, and devices without a native kernel, use :func:`masked_adamw_ref`.
     """
-    _check_lists(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps)
+    _check_args(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, lr, beta1, beta2, eps, weight_decay)
     kw = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps),
               weight_decay=float(weight_decay), freeze_masked_rows=bool(freeze_masked_rows))
     groups: dict = defaultdict(list)
