@@ -134,6 +134,10 @@ class MagnitudeRecorder:
         return {"layer_names": list(self.names), "flat": self.flat.detach().cpu().clone()}
 
     def load_state_dict(self, sd: dict) -> None:
+        self.check_state_dict(sd)
+        self.flat.copy_(sd["flat"])
+
+    def check_state_dict(self, sd: dict) -> None:
         if list(sd["layer_names"]) != self.names:
             raise ValueError(f"{self.owner}: the saved state was recorded on layers {sd['layer_names']}, "
                              f"this model has {self.names}")
@@ -141,7 +145,6 @@ class MagnitudeRecorder:
         if flat.shape != self.flat.shape:
             raise ValueError(f"{self.owner}: saved magnitude buffer has shape {list(flat.shape)}, "
                              f"expected {list(self.flat.shape)}")
-        self.flat.copy_(flat)
 
 
 class _MIGUBase:
@@ -269,6 +272,7 @@ class MIGU(_MIGUBase, torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         if set(state_dict) != {"optimizer", "migu"}:
             raise ValueError(f"MIGU: state_dict must have keys 'optimizer' and 'migu', got {sorted(state_dict)}")
+        self.recorder.check_state_dict(state_dict["migu"])
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.param_groups = self.optimizer.param_groups
         self.state = self.optimizer.state
@@ -364,6 +368,8 @@ class MIGUAdamW(_MIGUBase, torch.optim.Optimizer):
         """Load a MIGUAdamW state_dict, or a ``torch.optim.AdamW`` one (magnitudes then start from zero)."""
         state_dict = dict(state_dict)
         migu = state_dict.pop("migu", None)
+        if migu is not None:
+            self.recorder.check_state_dict(migu)
         torch.optim.Optimizer.load_state_dict(self, state_dict)
         for group in self.param_groups:
             if group.get("amsgrad") or group.get("maximize"):
