@@ -8,6 +8,8 @@ The difference is the peak memory the call needed beyond what setup already held
 glibc's dynamic mmap threshold would let a freed 30 MB block be reused from the heap without showing in the
 high-water mark; the child therefore runs with MALLOC_MMAP_THRESHOLD_=65536, so every large tensor is a fresh
 mapping that counts while alive and returns to the OS when freed. Linux only (VmHWM, clear_refs).
+Resolution: the kernel keeps RSS in per-CPU counters that are folded in batches, so a figure can be a few hundred
+KiB off; quote peak memory in MiB.
 """
 from __future__ import annotations
 
