@@ -3,7 +3,8 @@ parameters; embeddings left out), the threshold selection of all 72 linear layer
 
 Providers (one case, timed round-robin in one process, 1 thread):
   miguadamw               cltk.optim.MIGUAdamW.step(): batched top-T masks + one fused masked AdamW pass
-  miguadamw_freeze        the same with freeze_masked_rows=True (masked rows skipped entirely)
+  miguadamw_freeze        the same with freeze_masked_rows=True (masked rows skipped entirely); its own case,
+                          because its byte floor differs (28 A: only active rows are read and written)
   fused_adamw             torch.optim.AdamW(fused=True), no mask at all (the floor MIGU must not be slower than)
   fused_adamw+ref_mask    per layer thr = torch.quantile(mag, T); grad.mul_(mag >= thr)[:, None]; fused AdamW
   foreach_adamw+ref_mask  the same mask, torch.optim.AdamW(foreach=True)
@@ -51,7 +52,7 @@ def _model(blocks: int, d: int, device: str):
     return model
 
 
-def _case(blocks: int, d: int, device: str, runs: int) -> Case:
+def _case(blocks: int, d: int, device: str, runs: int, freeze: bool = False) -> Case:
     import torch
     from torch import nn
 
@@ -60,7 +61,8 @@ def _case(blocks: int, d: int, device: str, runs: int) -> Case:
     rows_kept = lambda rows: rows - int(torch.tensor(float(THRESHOLD * (rows - 1))).ceil().item())  # noqa: E731
     active = blocks * (4 * (rows_kept(d) * d + d) + rows_kept(4 * d) * d + 4 * d + rows_kept(d) * 4 * d + d
                        + 2 * 2 * d)
-    bytes_moved = 24 * n_params + 4 * active
+    # Default step: p, m, v read+written everywhere, g read on active rows. Frozen step: only active rows are touched.
+    bytes_moved = 28 * active if freeze else 24 * n_params + 4 * active
 
     def build():
         from cltk.optim import MIGUAdamW
@@ -122,12 +124,16 @@ def _case(blocks: int, d: int, device: str, runs: int) -> Case:
             int((~(mg >= torch.quantile(mg, THRESHOLD))).sum()) * l.in_features for l, mg in zip(layers, mags))
         assert n_active == active, (n_active, active)
         _RESTORE[0] = restore_magnitudes
-        return fns
+        return {k: fns[k] for k in providers}
 
-    providers = ("miguadamw", "miguadamw_freeze", "fused_adamw", "fused_adamw+ref_mask", "foreach_adamw+ref_mask",
-                 "forloop_adamw+ref_mask")
+    if freeze:
+        providers = ("miguadamw_freeze", "fused_adamw", "fused_adamw+ref_mask")
+    else:
+        providers = ("miguadamw", "fused_adamw", "fused_adamw+ref_mask", "foreach_adamw+ref_mask",
+                     "forloop_adamw+ref_mask")
     return Case(
-        kernel="masked_adamw_", mode="step", shape=f"{blocks}x{d} transformer, {n_params / 1e6:.1f}M fp32, T={THRESHOLD}",
+        kernel="masked_adamw_", mode="step",
+        shape=f"{blocks}x{d} transformer, {n_params / 1e6:.1f}M fp32, T={THRESHOLD}" + (", freeze" if freeze else ""),
         bytes_moved=bytes_moved, providers=providers, baseline="fused_adamw+ref_mask", build=build,
         setup=lambda fns: _RESTORE[0](), bandwidth="inplace", device=device, memory=False, runs=runs, warmup=2,
         note=f"N={n_params} params, A={active} in active rows; unmasked AdamW floor 28N={28 * n_params} B",
@@ -140,5 +146,5 @@ _RESTORE: list = [None]
 def cases(quick: bool) -> list[Case]:
     device = bench_device()
     if quick:
-        return [_case(blocks=2, d=256, device=device, runs=9)]
-    return [_case(blocks=12, d=768, device=device, runs=11)]
+        return [_case(blocks=2, d=256, device=device, runs=9), _case(2, 256, device, runs=9, freeze=True)]
+    return [_case(blocks=12, d=768, device=device, runs=11), _case(12, 768, device, runs=11, freeze=True)]

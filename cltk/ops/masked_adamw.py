@@ -143,9 +143,12 @@ def masked_adamw_(
               weight_decay=float(weight_decay), freeze_masked_rows=bool(freeze_masked_rows))
     groups: dict = defaultdict(list)
     fallback: list[int] = []
+    native: dict = {}  # device type -> has a kernel (one dispatcher query per device type, not per tensor)
     for i, p in enumerate(params):
-        if (_ext.use_native(_OP, p) and p.is_contiguous() and exp_avgs[i].is_contiguous()
-                and exp_avg_sqs[i].is_contiguous()):
+        dev = p.device.type
+        if dev not in native:
+            native[dev] = _ext.use_native(_OP, p)
+        if native[dev] and p.is_contiguous() and exp_avgs[i].is_contiguous() and exp_avg_sqs[i].is_contiguous():
             groups[(p.device, p.dtype)].append(i)
         else:
             fallback.append(i)

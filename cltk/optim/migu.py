@@ -27,6 +27,8 @@ Semantics shared by both:
   buffer that is summed across ranks with a single ``all_reduce`` before the threshold, so every rank applies
   the same mask, equal to the mask of one process seeing the whole global batch.
 * ``close()`` (or leaving a ``with`` block) removes exactly the hooks this optimizer installed.
+* The magnitude buffer is allocated on the device of the model's linear layers when the optimizer is built:
+  move the model first (as for any optimizer), and keep all its ``nn.Linear`` layers on one device.
 """
 from __future__ import annotations
 
