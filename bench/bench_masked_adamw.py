@@ -22,6 +22,11 @@ An unmasked AdamW step must move 28 N, so the masked step's floor is lower; GB/s
 against the masked floor (the work asked for), which understates the unmasked fused step by 28N / (24N + 4A).
 The bandwidth reference is the machine's measured in-place figure (a.add_(b): 2 reads + 1 write per element),
 the closest access pattern to an optimizer step (4 streams read, 3 written).
+
+Measured (Intel Xeon, 2 shared vCPUs, AVX-512, 1 thread, torch 2.13 CPU; two runs on a busy machine, in-place
+bandwidth 16.3 and 18.6 GB/s): miguadamw 112.5 / 117.2 ms, 19.1 / 18.3 GB/s (117% / 99% of in-place);
+fused_adamw 119.9 / 130.2 ms; fused_adamw+ref_mask 198.9 / 201.1 ms (1.77x / 1.72x); foreach+ref_mask
+693 / 751 ms (6.2x / 6.4x); forloop+ref_mask 699 / 935 ms (6.2x / 8.0x); miguadamw_freeze 51.0 ms (3.9x).
 """
 from __future__ import annotations
 

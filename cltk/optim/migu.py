@@ -26,6 +26,8 @@ Semantics shared by both:
 * Under ``torch.distributed`` (initialised, world size > 1) the magnitudes of all layers live in one flat fp32
   buffer that is summed across ranks with a single ``all_reduce`` before the threshold, so every rank applies
   the same mask, equal to the mask of one process seeing the whole global batch.
+* The mask only depends on each layer's magnitudes up to a common factor, so forwards recomputed by activation
+  checkpointing (recorded again) do not change it.
 * ``close()`` (or leaving a ``with`` block) removes exactly the hooks this optimizer installed.
 * The magnitude buffer is allocated on the device of the model's linear layers when the optimizer is built:
   move the model first (as for any optimizer), and keep all its ``nn.Linear`` layers on one device.
