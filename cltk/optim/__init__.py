@@ -1,0 +1,4 @@
+"""Drop-in ``torch.optim`` replacements and wrappers."""
+from cltk.optim.migu import MIGU, MagnitudeRecorder, MIGUAdamW
+
+__all__ = ["MIGU", "MIGUAdamW", "MagnitudeRecorder"]
