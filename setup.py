@@ -136,7 +136,10 @@ with_cuda = _want_cuda()
 cpu_flags = _cpu_flags()
 _write_build_info(with_cuda, cpu_flags)
 
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fvisibility=hidden", "-DPy_LIMITED_API=0x03090000",
+# torch >= 2.14 headers require C++20; older ones are built and tested with C++17.
+_torch_mm = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+cxx_std = "-std=c++20" if _torch_mm >= (2, 14) else "-std=c++17"
+cxx_flags = ["-O3", cxx_std, "-fopenmp", "-fvisibility=hidden",
              "-Wall", "-Wno-unused-function"] + cpu_flags
 ldflags = ["-fopenmp"]
 ext_kwargs = dict(
@@ -148,7 +151,7 @@ ext_kwargs = dict(
 )
 if with_cuda:
     archs = os.environ.get("CLTK_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc_flags = ["-O3", cxx_std, "--expt-relaxed-constexpr", "-lineinfo"]
     for a in archs:
         a = a.strip()
         if a:
@@ -160,5 +163,5 @@ else:
 setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
