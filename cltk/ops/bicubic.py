@@ -26,6 +26,7 @@ __all__ = [
     "bicubic_modulate_multi",
     "bicubic_modulate_multi_ref",
     "as_2d_weight",
+    "bicubic_interp_matrix",
 ]
 
 
@@ -34,6 +35,16 @@ def as_2d_weight(weight: Tensor) -> Tensor:
     if weight.dim() == 4:
         return weight.reshape(weight.shape[0], -1)
     return weight
+
+
+def bicubic_interp_matrix(
+    n_out: int, n_in: int, align_corners: bool = False, dtype: torch.dtype = torch.float32, device=None
+) -> Tensor:
+    """The 1-D bicubic interpolation matrix [n_out, n_in] of ``F.interpolate(mode="bicubic")``, so that
+    ``up(mod) == A @ mod @ B.T`` with ``A = bicubic_interp_matrix(out, m1)`` and ``B = bicubic_interp_matrix(in, m2)``.
+    (Upsampling the identity along one axis; the other axis keeps its size, where bicubic is exact.)"""
+    eye = torch.eye(n_in, dtype=dtype, device=device)
+    return F.interpolate(eye[None, None], size=(n_out, n_in), mode="bicubic", align_corners=align_corners)[0, 0]
 
 
 def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: str = "mod") -> None:
