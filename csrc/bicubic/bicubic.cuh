@@ -10,8 +10,8 @@
 //            flushed to global memory in row order (and grad_W = G * up(M) in the same pass when asked);
 //            traffic: read G and W (+ write grad_W).
 //   level 2  bicubic_backward_sum_chunks_kernel sums the chunk partials in chunk order into T [m1, in];
-//            bicubic_backward_width_adjoint_kernel forms grad_M = T B with one block per grid cell and a fixed
-//            shared-memory tree.
+//            bicubic_backward_width_adjoint_kernel forms grad_M = T B, one thread per grid cell summing the
+//            columns that reach it in a fixed order (in double).
 // Offsets are 64-bit throughout, so numel may exceed INT_MAX.
 #pragma once
 #include <cstdint>
@@ -167,37 +167,46 @@ __global__ void bicubic_backward_sum_chunks_kernel(const T* __restrict__ partial
   }
 }
 
-// grad_mod[r, c] = sum_j Tsum[r, j] * b_{j, c}: one block per (r, c), a fixed tree over kThreads partial sums.
+// First column j in [0, in] whose unclamped tap base exceeds `limit` (tap_base is non-decreasing in j).
+template <typename T>
+__host__ __device__ inline int64_t first_col_with_base_above(int64_t limit, T sx, int64_t in, int64_t m2,
+                                                             bool align_corners) {
+  int64_t lo = 0, hi = in;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    T t;
+    if (tap_base<T>(sx, mid, m2, align_corners, &t) > limit) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// grad_mod[r, c] = sum_j Tsum[r, j] * b_{j, c}: one thread per grid cell, summing in column order over the
+// contiguous range of columns whose taps reach c (base - 1 <= c <= base + 2), in double.
 template <typename T>
 __global__ void bicubic_backward_width_adjoint_kernel(const T* __restrict__ Tsum, T* __restrict__ grad_mod,
                                                       int64_t m1, int64_t m2, int64_t in, bool align_corners) {
-  __shared__ double sums[kThreads];
   const T sx = source_scale<T>(m2, in, align_corners);
-  for (int64_t cell = blockIdx.x; cell < m1 * m2; cell += gridDim.x) {
+  for (int64_t cell = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; cell < m1 * m2;
+       cell += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = cell / m2, c = cell - r * m2;
+    // clamped taps only add the border cells c = 0 (base - 1 < 0) and c = m2 - 1 (base + 2 > m2 - 1)
+    const int64_t j0 = c == 0 ? 0 : first_col_with_base_above<T>(c - 3, sx, in, m2, align_corners);
+    const int64_t j1 = c == m2 - 1 ? in : first_col_with_base_above<T>(c + 1, sx, in, m2, align_corners);
+    const T* row = Tsum + r * in;
     double s = 0.0;
-    for (int64_t j = threadIdx.x; j < in; j += blockDim.x) {
+    for (int64_t j = j0; j < j1; ++j) {
       int64_t idx[4];
       T b[4];
       bicubic_taps<T>(sx, j, m2, align_corners, idx, b);
       T wsum = T(0);
-      bool hit = false;
-      for (int l = 0; l < 4; ++l) {
-        if (idx[l] == c) {
-          wsum += b[l];
-          hit = true;
-        }
-      }
-      if (hit) s += static_cast<double>(wsum) * static_cast<double>(Tsum[r * in + j]);
+      for (int l = 0; l < 4; ++l) wsum += idx[l] == c ? b[l] : T(0);
+      s += static_cast<double>(wsum) * static_cast<double>(row[j]);
     }
-    sums[threadIdx.x] = s;
-    __syncthreads();
-    for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-      if (static_cast<int>(threadIdx.x) < stride) sums[threadIdx.x] += sums[threadIdx.x + stride];
-      __syncthreads();
-    }
-    if (threadIdx.x == 0) grad_mod[cell] = static_cast<T>(sums[0]);
-    __syncthreads();
+    grad_mod[cell] = static_cast<T>(s);
   }
 }
 

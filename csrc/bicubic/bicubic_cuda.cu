@@ -81,7 +81,7 @@ cudaError_t launch_bicubic_modulate_backward(const T* grad, const T* weight, con
   if (grad_mod != nullptr) {
     CLTK_LAUNCH(blocks_for(m1 * in), kThreads, 0, stream, bicubic_backward_sum_chunks_kernel<T>)(
         partial, Tsum, out, in, m1, span, align_corners);
-    CLTK_LAUNCH(capped(m1 * m2, 1LL << 31), kThreads, 0, stream, bicubic_backward_width_adjoint_kernel<T>)(
+    CLTK_LAUNCH(blocks_for(m1 * m2), kThreads, 0, stream, bicubic_backward_width_adjoint_kernel<T>)(
         Tsum, grad_mod, m1, m2, in, align_corners);
   }
   return cudaGetLastError();

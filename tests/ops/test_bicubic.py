@@ -200,9 +200,17 @@ def test_gradcheck(wshape, mshape, align_corners):
     g = torch.Generator().manual_seed(6)
     w = torch.randn(wshape, dtype=torch.float64, generator=g, requires_grad=True)
     mod = torch.rand(mshape, dtype=torch.float64, generator=g).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: bicubic_modulate(a, b, align_corners), (w, mod))
     assert torch.autograd.gradcheck(lambda b: bicubic_modulate(w.detach(), b, align_corners), (mod,))
-    buf = torch.empty(wshape, dtype=torch.float64)
+    # w.r.t. both (the weight has many entries: fast mode, a random projection of the Jacobian)
+    assert torch.autograd.gradcheck(lambda a, b: bicubic_modulate(a, b, align_corners), (w, mod), fast_mode=True)
+
+
+@pytest.mark.parametrize("align_corners", [False, True], ids=["half_pixel", "align_corners"])
+def test_gradcheck_out_and_multi(align_corners):
+    g = torch.Generator().manual_seed(8)
+    w = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    mod = torch.rand(2, 3, dtype=torch.float64, generator=g).requires_grad_()
+    buf = torch.empty(5, 7, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: bicubic_modulate(a, b, align_corners, out=buf).clone(), (w, mod))
     w2 = torch.randn(4, 6, dtype=torch.float64, generator=g, requires_grad=True)
     m2 = torch.rand(2, 2, dtype=torch.float64, generator=g).requires_grad_()
