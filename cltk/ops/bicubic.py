@@ -173,17 +173,23 @@ class _Modulate(torch.autograd.Function):
         return (gw if need_w else None), (gm if need_m else None), None, None
 
 
-class _ModulateMultiInto(torch.autograd.Function):
+class _ModulateMulti(torch.autograd.Function):
+    """Eager autograd of the multi-tensor op (see _Modulate); ``outs`` empty means fresh outputs."""
+
     @staticmethod
     def forward(ctx, align_corners: bool, n: int, *tensors: Tensor):
         weights, mods, outs = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
-        torch.ops.cltk.bicubic_modulate_multi_out_(
-            weights, mods, align_corners, [o.view(w.shape) for o, w in zip(outs, weights)]
-        )
-        ctx.mark_dirty(*outs)
+        if outs:
+            torch.ops.cltk.bicubic_modulate_multi_out_(
+                weights, mods, align_corners, [o.view(w.shape) for o, w in zip(outs, weights)]
+            )
+            ctx.mark_dirty(*outs)
+            res = outs
+        else:
+            res = torch.ops.cltk.bicubic_modulate_multi(weights, mods, align_corners)
         ctx.save_for_backward(*weights, *mods)
-        ctx.align_corners, ctx.n = align_corners, n
-        return tuple(outs)
+        ctx.align_corners, ctx.n, ctx.with_out = align_corners, n, bool(outs)
+        return tuple(res)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
@@ -195,9 +201,9 @@ class _ModulateMultiInto(torch.autograd.Function):
         gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(
             [g.reshape(w.shape) for g, w in zip(grads, weights)], weights, mods, ctx.align_corners, need_w, need_m
         )
-        gws = [g if need_w else None for g in gws]
-        gms = [g if need_m else None for g in gms]
-        return (None, None, *gws, *gms, *([None] * n))
+        gws = [g if need else None for g, need in zip(gws, ctx.needs_input_grad[2 : 2 + n])]
+        gms = [g if need else None for g, need in zip(gms, ctx.needs_input_grad[2 + n : 2 + 2 * n])]
+        return (None, None, *gws, *gms, *([None] * (n if ctx.with_out else 0)))
 
 
 def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *, out: Optional[Tensor] = None) -> Tensor:
@@ -252,10 +258,15 @@ def bicubic_modulate_multi(
         if not _ext.use_native("bicubic_modulate_multi", gw[0]):
             outs = [out[k] for k in idx] if out is not None else None
             res = bicubic_modulate_multi_ref([weights[k] for k in idx], gm, align_corners, out=outs)
-        elif out is not None:
-            res = _ModulateMultiInto.apply(bool(align_corners), len(idx), *gw, *gm, *[out[k].detach() for k in idx])
+        elif not torch.is_grad_enabled() or not any(t.requires_grad for t in (*gw, *gm)):
+            if out is None:
+                res = torch.ops.cltk.bicubic_modulate_multi(gw, gm, bool(align_corners))
+            else:
+                res = [out[k] for k in idx]
+                torch.ops.cltk.bicubic_modulate_multi_out_(gw, gm, bool(align_corners), [o.view(w.shape) for o, w in zip(res, gw)])
         else:
-            res = torch.ops.cltk.bicubic_modulate_multi(gw, gm, bool(align_corners))
+            outs = [out[k].detach() for k in idx] if out is not None else []
+            res = _ModulateMulti.apply(bool(align_corners), len(idx), *gw, *gm, *outs)
         for k, r in zip(idx, res):
             result[k] = r.view(weights[k].shape) if out is None else r
     return result  # type: ignore[return-value]
