@@ -5,8 +5,8 @@
 #
 #   bench/gpu.sh OUT_DIR            # from anywhere; uses $PYTHON (default: python) with torch+CUDA installed
 #
-# Outputs: OUT_DIR/{env.txt,build.log,tests.log,bench.log,bench_cuda0.csv,bench_ratios_cuda0.png,
-#          bandwidth_cuda0.json}. Exit status: non-zero if the build, the tests or the benches failed
+# Outputs: OUT_DIR/{env.txt,build.log,tests.log,bench.log,bench_cuda.csv,bench_ratios_cuda.png,
+#          bandwidth_cuda.json}. Exit status: non-zero if the build, the tests or the benches failed
 # (the benches still run after failed tests, so one run gives every figure).
 set -uo pipefail
 

@@ -30,6 +30,12 @@ class GPTConfig:
         if self.d_model % self.n_head:
             raise ValueError(f"GPTConfig: d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
+    def num_parameters(self) -> int:
+        """Parameter count of ``GPT(self)`` without building it."""
+        d, h = self.d_model, self.mlp_ratio * self.d_model
+        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+        return self.vocab_size * d + self.seq_len * d + self.n_layer * block + 2 * d + d * self.vocab_size
+
 
 # target size -> config; about 12 d^2 per block plus 2 * vocab * d for the untied embedding and head
 SIZES: dict[str, GPTConfig] = {

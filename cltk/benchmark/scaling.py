@@ -253,7 +253,7 @@ def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, thr
                 prov.after_step()
             ph[name] += time.process_time() - ta
         prov.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if i >= warmup:
             for p in PHASES:
                 times[p].append(ph[p])

@@ -1,0 +1,63 @@
+// Argument checks shared by the CPU and CUDA registrations of the bicubic-modulation ops. Each message names
+// the op, the argument and the sizes, e.g.
+//   bicubic_modulate: mod must not be larger than weight in either dimension, got mod [5, 3] for weight [4, 8]
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace cltk_bicubic {
+
+inline std::string arg_name(const char* base, int64_t index) {
+  return index < 0 ? std::string(base) : std::string(base) + "[" + std::to_string(index) + "]";
+}
+
+// weight [out, in] and mod [m1, m2] with 1 <= m1 <= out, 1 <= m2 <= in (an empty weight takes any mod with
+// non-zero sizes), same dtype (float32 or float64) and same device.
+inline void check_weight_mod(const char* op, const at::Tensor& weight, const at::Tensor& mod, int64_t index = -1) {
+  const std::string wn = index >= 0 ? arg_name("weights", index) : std::string("weight");
+  const std::string mn = index >= 0 ? arg_name("mods", index) : std::string("mod");
+  TORCH_CHECK(weight.dim() == 2, op, ": ", wn, " must be 2-D (out, in), got shape ", weight.sizes());
+  TORCH_CHECK(mod.dim() == 2, op, ": ", mn, " must be 2-D (m1, m2), got shape ", mod.sizes());
+  TORCH_CHECK(weight.device() == mod.device(), op, ": ", wn, " and ", mn, " must be on the same device, got ",
+              weight.device(), " (", wn, " ", weight.sizes(), ") and ", mod.device(), " (", mn, " ", mod.sizes(), ")");
+  TORCH_CHECK(weight.scalar_type() == mod.scalar_type(), op, ": ", wn, " and ", mn,
+              " must have the same dtype, got ", weight.scalar_type(), " (", wn, " ", weight.sizes(), ") and ",
+              mod.scalar_type(), " (", mn, " ", mod.sizes(), ")");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble, op, ": ", wn,
+              " must be float32 or float64, got ", weight.scalar_type());
+  TORCH_CHECK(mod.size(0) >= 1 && mod.size(1) >= 1, op, ": ", mn, " must have at least one row and one column, got shape ",
+              mod.sizes());
+  const bool empty = weight.size(0) == 0 || weight.size(1) == 0;
+  TORCH_CHECK(empty || (mod.size(0) <= weight.size(0) && mod.size(1) <= weight.size(1)), op, ": ", mn,
+              " must not be larger than ", wn, " in either dimension, got ", mn, " ", mod.sizes(), " for ", wn, " ",
+              weight.sizes());
+}
+
+inline void check_same_as_weight(const char* op, const char* name, const at::Tensor& t, const at::Tensor& weight,
+                                 int64_t index = -1) {
+  const std::string tn = arg_name(name, index);
+  const std::string wn = index >= 0 ? arg_name("weights", index) : std::string("weight");
+  TORCH_CHECK(t.sizes() == weight.sizes(), op, ": ", tn, " must have the shape of ", wn, " ", weight.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == weight.scalar_type(), op, ": ", tn, " must have the dtype of ", wn, " (",
+              weight.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == weight.device(), op, ": ", tn, " must be on the device of ", wn, " (", weight.device(),
+              "), got ", t.device());
+}
+
+inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& weight, int64_t index = -1) {
+  const char* name = index >= 0 ? "outs" : "out";
+  check_same_as_weight(op, name, out, weight, index);
+  TORCH_CHECK(out.is_contiguous(), op, ": ", arg_name(name, index), " must be contiguous, got strides ", out.strides(),
+              " for shape ", out.sizes());
+}
+
+inline void check_lists(const char* op, at::TensorList weights, at::TensorList mods) {
+  TORCH_CHECK(weights.size() == mods.size(), op, ": weights and mods must have the same length, got ", weights.size(),
+              " and ", mods.size());
+  for (size_t k = 0; k < weights.size(); ++k) check_weight_mod(op, weights[k], mods[k], static_cast<int64_t>(k));
+}
+
+}  // namespace cltk_bicubic
