@@ -1,0 +1,20 @@
+"""Fine-tuning: train each task in turn with a plain optimizer and nothing else (the lower bound, "None")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cltk.methods.base import Method, MethodConfig, register
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """Adam, lr 1e-3 by default (van de Ven & Tolias 2019); ``optimizer="sgd"`` with a smaller ``lr`` gives
+    the SGD / SGDx0.1 baselines."""
+
+
+@register
+class Finetune(Method):
+    name = "finetune"
+    description = "plain fine-tuning task after task (the forgetting lower bound)"
+    paper = "-"
+    Config = FinetuneConfig

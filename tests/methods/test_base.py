@@ -1,0 +1,59 @@
+"""The method contract: registry, config validation, scenario masks."""
+import pytest
+import torch
+
+from cltk.methods import Method, MethodConfig, available_methods, get_method
+from cltk.streams.base import Split, Stream, Task
+
+
+def _stream(scenario: str) -> Stream:
+    tasks = []
+    for i in range(3):
+        units = (0, 1) if scenario == "domain" else (2 * i, 2 * i + 1)
+        s = Split(torch.zeros(4, 1, 2, 2), torch.tensor([units[0], units[1]] * 2))
+        tasks.append(Task(i, f"t{i}", (2 * i, 2 * i + 1), units, s, s, s))
+    return Stream("toy", scenario, tasks, 2 if scenario == "domain" else 6, (1, 2, 2), 0)
+
+
+def test_registry_lists_finetune_and_builds_by_name():
+    assert "finetune" in available_methods()
+    m = get_method("finetune", lr=0.01, optimizer="sgd")
+    assert m.config.lr == 0.01 and m.config.optimizer == "sgd"
+
+
+@pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", float("nan")), ("optimizer", "rmsprop"),
+                                         ("momentum", -0.5)])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        get_method("finetune", **{field: value})
+
+
+def test_unknown_method_and_unknown_field():
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="no config field"):
+        get_method("finetune", lamda=3)
+
+
+def test_active_mask_per_scenario():
+    t = torch.tensor([0, 2])
+    m = Method(MethodConfig())
+    m.setup(torch.nn.Identity(), _stream("task"))
+    assert m.active_mask(t).tolist() == [[True, True, False, False, False, False],
+                                         [False, False, False, False, True, True]]
+    m = Method(MethodConfig())
+    m.setup(torch.nn.Identity(), _stream("class"))
+    m.before_task(m.stream.tasks[1])
+    assert m.active_mask(t).tolist() == [[True] * 4 + [False] * 2] * 2
+    assert m.active_mask(t, upto=2).all()
+    m = Method(MethodConfig())
+    m.setup(torch.nn.Identity(), _stream("domain"))
+    assert m.active_mask(t).shape == (2, 2) and m.active_mask(t).all()
+
+
+def test_unsupported_scenario_is_a_clear_error():
+    class TaskOnly(Method):
+        name = "task-only"
+        scenarios = ("task",)
+    with pytest.raises(ValueError, match="does not support the 'class' scenario"):
+        TaskOnly().setup(torch.nn.Identity(), _stream("class"))
