@@ -57,3 +57,11 @@ def test_unsupported_scenario_is_a_clear_error():
         scenarios = ("task",)
     with pytest.raises(ValueError, match="does not support the 'class' scenario"):
         TaskOnly().setup(torch.nn.Identity(), _stream("class"))
+
+
+def test_driver_trains_finetune_on_real_data():
+    from tests.methods.conftest import accuracy, drive, tiny_mlp, tiny_stream
+    stream = tiny_stream("task")
+    m = get_method("finetune")
+    model = drive(m, tiny_mlp(stream), stream, iters=60)
+    assert accuracy(m, model, stream, 1) > 0.75  # the last task, two classes, task-IL (chance: 0.5)
