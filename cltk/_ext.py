@@ -63,7 +63,10 @@ def has_kernel(op: str, device_type: str) -> bool:
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if key is None:
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"cltk::{op}", key)
+    name = f"cltk::{op}"
+    if not torch._C._dispatch_has_kernel(name):   # an op this build of _C does not define (e.g. an older build)
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
 
 
 def use_native(op: str, *tensors: torch.Tensor) -> bool:

@@ -83,3 +83,9 @@ def test_cuda_source_compiles_with_nvcc(cu, tmp_path):
            "-c", str(cu), "-o", str(tmp_path / "k.o")]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
+
+
+def test_has_kernel_is_false_for_an_op_this_build_does_not_define():
+    from cltk import _ext
+    assert _ext.has_kernel("no_such_op", "cpu") is False
+    assert _ext.has_kernel("row_l1_accumulate_", "tpu") is False

@@ -10,5 +10,8 @@ for _m in pkgutil.iter_modules(__path__):
         _mod = importlib.import_module(f"{__name__}.{_m.name}")
         globals()[_m.name] = _mod
         for _name in getattr(_mod, "__all__", ()):
+            if _name in globals() and isinstance(globals()[_name], type(_mod)):
+                raise ImportError(f"cltk.ops.{_m.name} exports {_name!r}, which would shadow the module "
+                                  f"cltk.ops.{_name}")
             globals()[_name] = getattr(_mod, _name)
             __all__.append(_name)
