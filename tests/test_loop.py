@@ -87,12 +87,14 @@ def test_hooks_are_called_in_the_documented_order():
 
 def test_same_seed_same_numbers_other_seed_other_numbers():
     s = tiny_stream("class")
-    r1 = run("finetune", tiny_model(s), s, iters_per_task=15, batch_size=32, seed=3, progress=False)
-    r2 = run("finetune", tiny_model(s), s, iters_per_task=15, batch_size=32, seed=3, progress=False)
-    r3 = run("finetune", tiny_model(s), s, iters_per_task=15, batch_size=32, seed=4, progress=False)
+    models = [tiny_model(s) for _ in range(3)]      # trained in place (finetune does not wrap the model)
+    r1, r2, r3 = (run("finetune", m, s, iters_per_task=15, batch_size=32, seed=seed, progress=False)
+                  for m, seed in zip(models, (3, 3, 4)))
     assert r1.R == r2.R and r1.b == r2.b
     np.testing.assert_array_equal(np.array(r1.readout), np.array(r2.readout))   # NaN above the diagonal
-    assert r1.R != r3.R
+    p1, p2, p3 = ([p.detach() for p in m.parameters()] for m in models)
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert not all(torch.equal(a, c) for a, c in zip(p1, p3))   # other minibatches
 
 
 def test_eval_batch_size_does_not_change_results():
