@@ -272,6 +272,10 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     for key, item in pairs:
         if not any(key in {f.name for f in dataclasses.fields(c.Config)} for c in classes.values()):
             raise CLIError(f"--set {item}: no selected method has a config field {key!r}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available in this torch build or machine")
@@ -357,6 +361,7 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", action="append", default=[], metavar="KEY=VALUE",
                    help="make_stream argument (JSON value), e.g. --stream train_per_task=500 (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--no-readout", dest="no_readout", action="store_true", help="skip the linear-readout probe")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
 

@@ -46,6 +46,7 @@ BAD = {
     "iters not an int": (["run", "--method", "finetune", "--benchmark", "x", "--iters", "x"], "invalid int"),
     "unknown stream argument": (RUN + ["--method", "finetune", "--stream", "bogus=1"], "no argument 'bogus'"),
     "bad stream value": (RUN + ["--method", "finetune", "--stream", "n_tasks=0"], "n_tasks"),
+    "zero threads": (RUN + ["--method", "finetune", "--threads", "0"], "--threads must be >= 1"),
     "unknown preset": (["compare", "--preset", "nope"], "unknown preset 'nope'"),
     "cuda on a cpu build": (RUN + ["--method", "finetune", "--device", "cuda"], "cuda"),
 }
@@ -132,6 +133,15 @@ def test_compare_default_folder_under_results(tmp_path):
     assert p.returncode == 0, p.stderr
     out = tmp_path / "results" / "tiny_run"          # the name is sanitised
     assert {"results.json", "accuracy_matrix_finetune.png", "accuracy_matrix_joint.png"} <= set(os.listdir(out))
+
+
+def test_bench_delegates_to_the_benchmark_options(capsys):
+    from cltk.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--kernel" in out and "--quick" in out and "--threads" in out
 
 
 def test_parse_overrides_uses_the_field_types():
