@@ -313,7 +313,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     if out:
         from cltk.plots import plot_all
         paths = plot_all(runs, out)
-        print(f"wrote {os.path.join(out, 'results.json')}, results.csv, {', '.join(os.path.basename(p) for p in paths)}")
+        figures = ", ".join(os.path.basename(p) for p in paths)
+        print(f"wrote {os.path.join(out, 'results.json')}, results.csv, {figures}")
     return 0
 
 
@@ -322,8 +323,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     p = get_preset("default")
     return _experiment(args, methods=[args.method], scenarios=[args.scenario], seeds=_seeds(args.seeds),
                        benchmark=args.benchmark, iters=args.iters if args.iters is not None else p.iters,
-                       model=args.model, batch_size=args.batch_size or 128, stream_kwargs=_parse_stream_kwargs(args.stream),
-                       config={}, out=args.out, meta={"command": "run"})
+                       model=args.model, batch_size=args.batch_size or 128,
+                       stream_kwargs=_parse_stream_kwargs(args.stream), config={}, out=args.out, meta={"command": "run"})
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

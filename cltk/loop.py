@@ -17,7 +17,8 @@ Hook order (the contract of :mod:`cltk.methods.base`)::
 
 Determinism: ``seed`` seeds the global torch RNG (for anything a method draws) and a separate
 ``torch.Generator`` that draws the minibatch indices (``batch_size`` indices uniformly at random, with
-replacement, by ``torch.randint``, as in the drive of ``tests/methods/conftest.py``), so the same seed, method, model initialisation and stream give the same numbers.
+replacement, by ``torch.randint``, as in the drive of ``tests/methods/conftest.py``), so the same seed, method,
+model initialisation and stream give the same numbers.
 
 Everything a resumed run would need (next task, step, generator state, the partial ``R``, ``b``, readout and
 timings) lives in one :class:`RunState`.
