@@ -279,7 +279,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available in this torch build or machine")
-    make_stream(benchmark, scenarios[0], seeds[0], **stream_kwargs)    # data set and stream errors before any run
+    # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
+    first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
 
     total = len(scenarios) * len(seeds) * len(methods)
     runs = []
@@ -292,7 +293,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     for sc in scenarios:
         for seed in seeds:
-            stream = make_stream(benchmark, sc, seed, **stream_kwargs)
+            stream = first.pop(sc) if seed == seeds[0] else make_stream(benchmark, sc, seed, **stream_kwargs)
             for m in methods:
                 method = classes[m](configs[m])
                 net = build_model(model, stream, seed=seed)

@@ -47,6 +47,8 @@ BAD = {
     "unknown stream argument": (RUN + ["--method", "finetune", "--stream", "bogus=1"], "no argument 'bogus'"),
     "bad stream value": (RUN + ["--method", "finetune", "--stream", "n_tasks=0"], "n_tasks"),
     "zero threads": (RUN + ["--method", "finetune", "--threads", "0"], "--threads must be >= 1"),
+    "domain-IL over unequal tasks": (["compare", "--methods", "finetune", "--scenarios", "task,domain", "--stream",
+                                      "partition=[[0,1],[2,3,4]]"], "domain scenario needs tasks of equal size"),
     "unknown preset": (["compare", "--preset", "nope"], "unknown preset 'nope'"),
     "cuda on a cpu build": (RUN + ["--method", "finetune", "--device", "cuda"], "cuda"),
 }
