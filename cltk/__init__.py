@@ -9,4 +9,16 @@ __version__ = "0.1.0"
 
 native_available = _ext.available
 
-__all__ = ["__version__", "native_available"]
+
+def __getattr__(name: str):
+    # lazy: `import cltk` stays light (no tqdm, no data loaders) until the loop is used
+    if name == "run":
+        from cltk.loop import run
+        return run
+    if name == "RunResult":
+        from cltk.results import RunResult
+        return RunResult
+    raise AttributeError(f"module 'cltk' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "native_available", "run", "RunResult"]

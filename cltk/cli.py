@@ -1,0 +1,424 @@
+"""The ``cltk`` command (also ``python -m cltk``).
+
+``cltk list``      methods, benchmarks, models and presets, one line each
+``cltk env``       torch and CUDA versions, the native extension and its kernels, the data sets found
+``cltk run``       one method on one benchmark and scenario, over one or more seeds
+``cltk compare``   several methods over scenarios and seeds: a mean ± std table, results.json/csv and figures
+``cltk bench``     the kernel benchmarks (:mod:`cltk.benchmark`)
+
+A bad invocation prints one line ``cltk: error: ...`` and exits with status 2 (``CLTK_DEBUG=1`` shows the
+traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import types
+import typing
+from typing import Any, Optional, Sequence
+
+__all__ = ["main", "build_parser", "parse_overrides"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, no usage block
+        print(f"cltk: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ------------------------------------------------------------------------------------------------- value parsing
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _parse_typed(text: str, tp: Any) -> Any:
+    """Parse ``text`` as the annotation ``tp`` (bool, int, float, str, Optional[...], tuple[...] / list[...])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        args = typing.get_args(tp)
+        if type(None) in args and text.strip().lower() in ("none", "null"):
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _parse_typed(text, a)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors) or f"cannot parse {text!r}")
+    if origin in (tuple, list):
+        (inner, *_rest) = typing.get_args(tp) or (str,)
+        items = [s for s in text.split(",") if s.strip()]
+        vals = [_parse_typed(s, inner) for s in items]
+        return tuple(vals) if origin is tuple else vals
+    if tp is bool:
+        return _parse_bool(text)
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+    if tp is str or tp is Any:
+        return text
+    raise ValueError(f"fields of type {tp!r} cannot be set from the command line")
+
+
+def parse_overrides(items: Sequence[str], config_cls: type, what: str = "--set") -> dict[str, Any]:
+    """``["field=value", ...]`` -> ``{field: value}`` with each value parsed by the dataclass field's type.
+
+    Raises ValueError for a malformed item, an unknown field or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{what} expects field=value, got {item!r}")
+        if key not in names:
+            raise ValueError(f"{what} {key}: {config_cls.__name__} has no field {key!r}; fields: {', '.join(names)}")
+        try:
+            out[key] = _parse_typed(value, hints[key])
+        except ValueError as e:
+            raise ValueError(f"{what} {key}={value}: {e}") from None
+    return out
+
+
+def _split_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--set expects field=value, got {item!r}")
+        out.append((key.strip(), item))
+    return out
+
+
+def _parse_stream_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--stream key=value``: the value is read as JSON (numbers, lists, true/false), else kept as a string."""
+    import inspect
+
+    from cltk.streams.builders import make_stream
+
+    allowed = [p for p in inspect.signature(make_stream).parameters if p not in ("benchmark", "scenario", "seed")]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CLIError(f"--stream expects key=value, got {item!r}")
+        if key not in allowed:
+            raise CLIError(f"--stream {key}: make_stream has no argument {key!r}; arguments: {', '.join(allowed)}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _csv_list(text: Optional[str], what: str) -> list[str]:
+    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not items:
+        raise CLIError(f"{what} needs at least one name, got {text!r}")
+    return list(dict.fromkeys(items))
+
+
+def _seeds(text: str) -> list[int]:
+    out = []
+    for s in _csv_list(text, "--seeds"):
+        try:
+            v = int(s)
+        except ValueError:
+            raise CLIError(f"--seeds expects comma-separated integers >= 0, got {text!r}") from None
+        if v < 0:
+            raise CLIError(f"--seeds expects integers >= 0, got {v}")
+        out.append(v)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- commands
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from cltk.methods import available_methods
+    from cltk.models import MODELS
+    from cltk.presets import PRESETS
+    from cltk.streams.builders import describe_benchmarks
+
+    def block(title: str, rows: list[tuple[str, str]]) -> None:
+        print(title)
+        w = max((len(n) for n, _ in rows), default=0)
+        for n, d in rows:
+            print(f"  {n:<{w}}  {d}")
+
+    methods = available_methods()
+    block("methods:", [(n, f"{c.description}" + ("" if tuple(c.scenarios) == ("task", "domain", "class")
+                                                   else f" [scenarios: {', '.join(c.scenarios)}]"))
+                       for n, c in methods.items()])
+    block("benchmarks (<dataset>: see `cltk env`):", describe_benchmarks())
+    block("models:", [(n, d) for n, (_, d) in MODELS.items()])
+    block("presets (cltk compare --preset NAME):", [(n, p.description) for n, p in PRESETS.items()])
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import torch
+
+    from cltk import _ext
+    from cltk.data.sources import available
+
+    print(f"torch {torch.__version__}; CUDA {torch.version.cuda or 'none (CPU build)'}; "
+          f"CUDA available: {'yes' if torch.cuda.is_available() else 'no'}")
+    if _ext.available():
+        print("cltk._C: loaded")
+    else:
+        print(f"cltk._C: not loaded ({_ext.reason()}); the pure-PyTorch reference ops are used")
+    ops = _ext.native_ops()
+    if ops:
+        w = max(len(o) for o in ops)
+        print("ops (kernel registered):")
+        for op in ops:
+            cpu = "yes" if _ext.has_kernel(op, "cpu") else "no"
+            cuda = "yes" if _ext.has_kernel(op, "cuda") else "no"
+            print(f"  cltk::{op:<{w}}  CPU {cpu:<3}  CUDA {cuda}")
+    else:
+        print("ops: none registered (cltk._C not loaded)")
+    print("data sets:")
+    rows = available()
+    w = max((len(n) for n, _, _ in rows), default=0)
+    for name, found, where in rows:
+        print(f"  {name:<{w}}  {'found  ' + where if found else 'missing: ' + where}")
+    return 0
+
+
+def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
+    import math
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def format_table(rows: list[dict]) -> str:
+    """The mean ± std table of :func:`cltk.results.aggregate` rows, grouped by scenario."""
+    head = ["scenario", "method", "seeds", "ACC", "BWT", "FWT", "forgetting", "readout", "time (s)"]
+    body = []
+    for r in rows:
+        body.append([f"{r['scenario']}-IL", r["method"], str(r["n_seeds"]),
+                     _fmt(r["acc_mean"], r["acc_std"]), _fmt(r["bwt_mean"], r["bwt_std"]),
+                     _fmt(r["fwt_mean"], r["fwt_std"]), _fmt(r["forgetting_mean"], r["forgetting_std"]),
+                     _fmt(r["readout_mean"], r["readout_std"]), _fmt(r["time_s_mean"], r["time_s_std"], digits=1)])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    return "\n".join(lines)
+
+
+def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list[str], seeds: list[int],
+                benchmark: str, iters: int, model: str, batch_size: int, stream_kwargs: dict, config: dict,
+                out: Optional[str], meta: dict) -> int:
+    """Validate everything, then run every (scenario, seed, method), writing results after each run."""
+    import torch
+
+    from cltk.loop import run
+    from cltk.methods import method_class
+    from cltk.models import MODELS, build_model
+    from cltk.results import aggregate, write_csv, write_json
+    from cltk.streams.base import SCENARIOS
+    from cltk.streams.builders import make_stream
+
+    for sc in scenarios:
+        if sc not in SCENARIOS:
+            raise CLIError(f"unknown scenario {sc!r}; scenarios: {', '.join(SCENARIOS)}")
+    if model not in MODELS:
+        raise CLIError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
+    if iters < 0:
+        raise CLIError(f"--iters must be >= 0, got {iters}")
+    if batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
+    classes = {m: method_class(m) for m in methods}      # ValueError names unknown methods
+    for m, cls in classes.items():
+        bad = [sc for sc in scenarios if sc not in cls.scenarios]
+        if bad:
+            raise CLIError(f"method {m!r} does not support the {', '.join(bad)} scenario "
+                           f"(supported: {', '.join(cls.scenarios)})")
+    pairs = _split_overrides(args.set or [])
+    configs = {}
+    for m, cls in classes.items():
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        base = {k: v for k, v in config.items() if k in names}
+        mine = [item for key, item in pairs if key in names]
+        base.update(parse_overrides(mine, cls.Config))
+        configs[m] = cls.Config(**base)                  # validate() raises ValueError naming the field
+    for key, item in pairs:
+        if not any(key in {f.name for f in dataclasses.fields(c.Config)} for c in classes.values()):
+            raise CLIError(f"--set {item}: no selected method has a config field {key!r}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CLIError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available in this torch build or machine")
+    # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
+    first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
+
+    total = len(scenarios) * len(seeds) * len(methods)
+    runs = []
+    done = 0
+    t0 = time.perf_counter()
+    if out:
+        os.makedirs(out, exist_ok=True)
+    meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
+                stream_kwargs=stream_kwargs, device=str(device), torch=torch.__version__,
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    for sc in scenarios:
+        for seed in seeds:
+            stream = first.pop(sc) if seed == seeds[0] else make_stream(benchmark, sc, seed, **stream_kwargs)
+            for m in methods:
+                method = classes[m](configs[m])
+                net = build_model(model, stream, seed=seed)
+                r = run(method, net, stream, iters_per_task=iters, batch_size=batch_size, seed=seed, device=device,
+                        readout=not args.no_readout, progress=not args.no_progress)
+                r.model = model
+                runs.append(r)
+                done += 1
+                s = r.summary()
+                print(f"[{done}/{total}] {sc}-IL {m} seed {seed}: ACC {s['acc']:.3f}  BWT {s['bwt']:+.3f}  "
+                      f"({s['time_s']:.1f} s)", flush=True)
+                if out:
+                    write_json(os.path.join(out, "results.json"), runs, meta)
+                    write_csv(os.path.join(out, "results.csv"), runs)
+    print()
+    print(format_table(aggregate(runs)))
+    print(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
+    if out:
+        from cltk.plots import plot_all
+        paths = plot_all(runs, out)
+        figures = ", ".join(os.path.basename(p) for p in paths)
+        print(f"wrote {os.path.join(out, 'results.json')}, results.csv, {figures}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cltk.presets import get_preset
+    p = get_preset("default")
+    return _experiment(args, methods=[args.method], scenarios=[args.scenario], seeds=_seeds(args.seeds),
+                       benchmark=args.benchmark, iters=args.iters if args.iters is not None else p.iters,
+                       model=args.model, batch_size=args.batch_size or 128,
+                       stream_kwargs=_parse_stream_kwargs(args.stream), config={}, out=args.out, meta={"command": "run"})
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cltk.presets import get_preset
+    try:
+        p = get_preset(args.preset or "default")
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    stream_kwargs = dict(p.stream_kwargs)
+    stream_kwargs.update(_parse_stream_kwargs(args.stream))
+    name = args.name or args.preset or time.strftime("%Y%m%d-%H%M%S")
+    from cltk.results import safe_name
+    out = args.out or os.path.join("results", safe_name(name))
+    return _experiment(
+        args, methods=_csv_list(args.methods, "--methods") if args.methods else list(p.methods),
+        scenarios=_csv_list(args.scenarios, "--scenarios") if args.scenarios else list(p.scenarios),
+        seeds=_seeds(args.seeds) if args.seeds else list(p.seeds), benchmark=args.benchmark or p.benchmark,
+        iters=args.iters if args.iters is not None else p.iters, model=args.model or p.model,
+        batch_size=args.batch_size or p.batch_size, stream_kwargs=stream_kwargs, config=dict(p.config), out=out,
+        meta={"command": "compare", "preset": args.preset or "default"})
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import cltk.benchmark as bench
+    return int(bench.main(args) or 0)
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+
+def _common_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iters", type=int, default=None, help="optimizer steps per task")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="training batch size (128)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="method config override, parsed with the field's type (repeatable), e.g. --set lr=0.01")
+    p.add_argument("--stream", action="append", default=[], metavar="KEY=VALUE",
+                   help="make_stream argument (JSON value), e.g. --stream train_per_task=500 (repeatable)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--no-readout", dest="no_readout", action="store_true", help="skip the linear-readout probe")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cltk", description="cltk: continual-learning toolkit for PyTorch")
+    sub = parser.add_subparsers(dest="command", metavar="{list,env,run,compare,bench}", parser_class=_Parser)
+    sub.required = True
+    p = sub.add_parser("list", help="methods, benchmarks, models and presets")
+    p.set_defaults(func=_cmd_list)
+    p = sub.add_parser("env", help="torch, CUDA, native kernels and data sets on this machine")
+    p.set_defaults(func=_cmd_env)
+
+    p = sub.add_parser("run", help="one method on one benchmark and scenario")
+    p.add_argument("--method", required=True, help="a method name (cltk list)")
+    p.add_argument("--benchmark", required=True, help="e.g. split-mnist5k (cltk list)")
+    p.add_argument("--scenario", default="task", help="task, domain or class (default task)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--model", default="mlp", help="mlp or convnet (default mlp)")
+    p.add_argument("--out", default=None, help="write results.json/csv and figures to this folder")
+    _common_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", help="methods x scenarios x seeds: mean ± std table, results and figures")
+    p.add_argument("--preset", default=None, help="a named preset (cltk list); options below override it")
+    p.add_argument("--methods", default=None, help="comma-separated method names")
+    p.add_argument("--benchmark", default=None, help="e.g. split-mnist5k")
+    p.add_argument("--scenarios", default=None, help="comma-separated, from task, domain, class")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds")
+    p.add_argument("--model", default=None, help="mlp or convnet")
+    p.add_argument("--name", default=None, help="results folder name under results/ (default: preset or time)")
+    p.add_argument("--out", default=None, help="results folder (default results/<name>)")
+    _common_run_options(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("bench", help="kernel benchmarks (cltk.benchmark)")
+    import cltk.benchmark as bench
+    bench.add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("cltk: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user, never a traceback
+        if os.environ.get("CLTK_DEBUG", "0") not in ("", "0"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, (CLIError, ValueError, FileNotFoundError, OSError, TypeError)):
+            msg = f"{type(e).__name__}: {msg}"
+        print(f"cltk: error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,108 @@
+"""Figures of a comparison (matplotlib, Agg backend): accuracy-matrix heatmaps and a summary bar chart.
+
+``accuracy_matrix_<method>.png``: one heatmap per scenario of the seed-mean ``R[i][j]``.
+``summary.png``: one panel per scenario, bars of ACC, BWT, FWT and readout per method with the std over seeds.
+Files are written atomically (rendered to a temporary file in the same folder, then ``os.replace``) and their
+names are reduced to safe characters.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from cltk.results import RunResult, aggregate, safe_name
+
+__all__ = ["plot_accuracy_matrices", "plot_summary", "plot_all"]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    plt = _pyplot()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _scenarios(runs: Sequence[RunResult]) -> list[str]:
+    return list(dict.fromkeys(r.scenario for r in runs))
+
+
+def plot_accuracy_matrices(runs: Sequence[RunResult], out_dir: str) -> list[str]:
+    """One ``accuracy_matrix_<method>.png`` per method; returns the paths."""
+    plt = _pyplot()
+    paths = []
+    for method in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == method]
+        scen = _scenarios(mine)
+        fig, axes = plt.subplots(1, len(scen), figsize=(4.2 * len(scen), 3.8), squeeze=False)
+        for ax, sc in zip(axes[0], scen):
+            R = np.mean([np.asarray(r.R, dtype=float) for r in mine if r.scenario == sc], axis=0)
+            n_seeds = sum(r.scenario == sc for r in mine)
+            im = ax.imshow(R, vmin=0.0, vmax=1.0, cmap="viridis")
+            T = R.shape[0]
+            for i in range(T):
+                for j in range(T):
+                    ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if R[i, j] < 0.6 else "black")
+            ax.set_xticks(range(T))
+            ax.set_yticks(range(T))
+            ax.set_xlabel("task evaluated j")
+            ax.set_ylabel("after training task i")
+            ax.set_title(f"{method}, {sc}-IL ({n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=9)
+        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="test accuracy")
+        paths.append(_save(fig, os.path.join(out_dir, f"accuracy_matrix_{safe_name(method)}.png")))
+    return paths
+
+
+def plot_summary(runs: Sequence[RunResult], out_dir: str) -> str:
+    """``summary.png``: ACC, BWT, FWT and readout (mean ± std over seeds) per method, one panel per scenario."""
+    plt = _pyplot()
+    rows = aggregate(runs)
+    scen = _scenarios(runs)
+    methods = list(dict.fromkeys(r.method for r in runs))
+    keys = ("acc", "bwt", "fwt", "readout")
+    fig, axes = plt.subplots(1, len(scen), figsize=(5.0 * len(scen), 3.6), squeeze=False, sharey=True)
+    width = 0.8 / max(1, len(methods))
+    for ax, sc in zip(axes[0], scen):
+        for k, m in enumerate(methods):
+            row = next((r for r in rows if r["method"] == m and r["scenario"] == sc), None)
+            if row is None:
+                continue
+            means = [np.nan_to_num(row[key + "_mean"]) for key in keys]
+            stds = [np.nan_to_num(row[key + "_std"]) for key in keys]
+            ax.bar(np.arange(len(keys)) + (k - (len(methods) - 1) / 2) * width, means, width, yerr=stds,
+                   capsize=2, label=m)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([k.upper() if k != "readout" else "readout" for k in keys])
+        ax.set_title(f"{sc}-IL", fontsize=10)
+        ax.set_ylim(-1.05, 1.05)
+    axes[0][0].set_ylabel("accuracy / transfer")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    return _save(fig, os.path.join(out_dir, "summary.png"))
+
+
+def plot_all(runs: Sequence[RunResult], out_dir: str) -> list[str]:
+    return plot_accuracy_matrices(runs, out_dir) + [plot_summary(runs, out_dir)]

@@ -1,0 +1,49 @@
+"""Named experiment presets for ``cltk compare --preset NAME`` (command-line options override their fields).
+
+``default``
+    What ``cltk compare`` runs with no arguments: finetune and joint on Split MNIST-5k, task-IL and class-IL, seeds
+    0, 1, 2, the 2x400 MLP, Adam 1e-3, batch 128, 300 iterations per task (a few minutes on one CPU thread).
+``three-scenarios``
+    The protocol of van de Ven & Tolias 2019 ("Three scenarios for continual learning") on the 5,000-image MNIST:
+    Split MNIST (5 tasks of 2 digits), the 2x400 MLP, 2000 iterations per task, Adam 1e-3, batch 128, 5 seeds,
+    all three scenarios. Other methods join by name as they are added.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["Preset", "PRESETS", "get_preset"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    methods: tuple[str, ...]
+    benchmark: str
+    scenarios: tuple[str, ...]
+    seeds: tuple[int, ...]
+    iters: int
+    model: str = "mlp"
+    batch_size: int = 128
+    stream_kwargs: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)   # method config overrides, e.g. {"lr": 1e-3}
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        description="finetune vs joint, Split MNIST-5k, task- and class-IL, 3 seeds, 300 iters/task (minutes on CPU)",
+        methods=("finetune", "joint"), benchmark="split-mnist5k", scenarios=("task", "class"), seeds=(0, 1, 2),
+        iters=300),
+    "three-scenarios": Preset(
+        description="van de Ven & Tolias 2019 protocol: Split MNIST-5k, MLP 2x400, 2000 iters/task, Adam 1e-3, "
+                    "batch 128, 5 seeds, task/domain/class-IL",
+        methods=("finetune", "joint"), benchmark="split-mnist5k", scenarios=("task", "domain", "class"),
+        seeds=(0, 1, 2, 3, 4), iters=2000, config={"optimizer": "adam", "lr": 1e-3}),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -1,0 +1,173 @@
+"""Run results and their files: ``results.json`` (everything) and ``results.csv`` (one row per run).
+
+Every file is written atomically: to a temporary file in the same folder, flushed and fsynced, then moved over the
+target with ``os.replace``, so a reader never sees a half-written file and an interrupted run leaves the old one.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from cltk import metrics
+
+__all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", "read_json", "aggregate",
+           "CSV_COLUMNS", "METRICS"]
+
+METRICS = ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")
+CSV_COLUMNS = ("method", "benchmark", "scenario", "seed", "model", "iters_per_task", "batch_size", "acc", "bwt",
+               "fwt", "forgetting", "readout", "time_s", "peak_rss_mb", "peak_cuda_mb")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def safe_name(name: str) -> str:
+    """``name`` reduced to ``[A-Za-z0-9_.+-]`` (runs of anything else become ``_``), never empty nor ``.``/``..``."""
+    s = _UNSAFE.sub("_", str(name)).strip("._") or "_"
+    return s[:120]
+
+
+@dataclass
+class RunResult:
+    """One run of one method on one stream with one seed.
+
+    ``R[i][j]``: test accuracy on task j after training task i (every task is evaluated after every task).
+    ``b[j]``: test accuracy of the randomly initialised model on task j (mask as for ``R[j-1][j]``).
+    ``readout[i][j]``: linear-readout test accuracy on task j from the features after training task i, for j <= i
+    (NaN for j > i); empty when the model has no ``features``.
+    ``task_time_s[i]``, ``task_peak_rss_mb[i]`` (growth of the process's resident high-water mark during task i),
+    ``task_peak_cuda_mb[i]`` (``torch.cuda.max_memory_allocated`` during task i; 0 on CPU).
+    """
+
+    method: str
+    benchmark: str
+    scenario: str
+    seed: int
+    model: str
+    iters_per_task: int
+    batch_size: int
+    R: list[list[float]]
+    b: list[float]
+    readout: list[list[float]] = field(default_factory=list)
+    task_time_s: list[float] = field(default_factory=list)
+    task_peak_rss_mb: list[float] = field(default_factory=list)
+    task_peak_cuda_mb: list[float] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    task_names: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        """ACC, BWT, FWT, forgetting (see :mod:`cltk.metrics`), readout (mean over tasks of the readout accuracy
+        after the last task), time_s (total wall time of training and evaluation)."""
+        last = self.readout[-1] if self.readout else None
+        out = metrics.summarize(self.R, self.b, last)
+        out["time_s"] = float(sum(self.task_time_s))
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["summary"] = self.summary()
+        return _jsonable(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResult":
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in names}
+        for key in ("R", "readout"):
+            kw[key] = [[math.nan if v is None else v for v in row] for row in kw.get(key, [])]
+        return cls(**kw)
+
+    def csv_row(self) -> dict:
+        s = self.summary()
+        return {"method": self.method, "benchmark": self.benchmark, "scenario": self.scenario, "seed": self.seed,
+                "model": self.model, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
+                **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
+                "peak_rss_mb": max(self.task_peak_rss_mb, default=0.0),
+                "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0)}
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN / inf -> None (strict JSON), numpy scalars -> Python, recursively."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def atomic_write(path: str, data: "str | bytes") -> str:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def aggregate(runs: Iterable[RunResult]) -> list[dict]:
+    """Mean and (sample std, ddof=1; 0 for a single run) std over seeds per (method, benchmark, scenario).
+
+    Each row: method, benchmark, scenario, n_seeds, and ``<metric>_mean`` / ``<metric>_std`` for :data:`METRICS`.
+    """
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r.method, r.benchmark, r.scenario), []).append(r.summary())
+    rows = []
+    for (m, bench, sc), sums in groups.items():
+        row: dict[str, Any] = {"method": m, "benchmark": bench, "scenario": sc, "n_seeds": len(sums)}
+        for k in METRICS:
+            vals = np.array([s[k] for s in sums], dtype=np.float64)
+            if np.all(np.isnan(vals)):
+                row[k + "_mean"], row[k + "_std"] = math.nan, math.nan
+            else:
+                vals = vals[~np.isnan(vals)]
+                row[k + "_mean"] = float(vals.mean())
+                row[k + "_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_json(path: str, runs: Sequence[RunResult], meta: Optional[dict] = None) -> str:
+    """``{"meta": ..., "summary": aggregate(runs), "runs": [run.to_dict(), ...]}`` as strict JSON (NaN -> null)."""
+    doc = {"meta": meta or {}, "summary": aggregate(runs), "runs": [r.to_dict() for r in runs]}
+    return atomic_write(path, json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str) -> tuple[dict, list[RunResult]]:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return doc.get("meta", {}), [RunResult.from_dict(r) for r in doc.get("runs", [])]
+
+
+def write_csv(path: str, runs: Sequence[RunResult]) -> str:
+    """One row per run with the columns :data:`CSV_COLUMNS` (NaN written as an empty field)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in runs:
+        row = r.csv_row()
+        w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                        (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in row.items()})
+    return atomic_write(path, buf.getvalue())

@@ -1,0 +1,155 @@
+"""The cltk command: every bad invocation is one line `cltk: error: ...` and a non-zero exit; list, env, run work."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cltk.cli import parse_overrides
+from cltk.methods.finetune import FinetuneConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--stream", "n_tasks=2", "--stream", "classes_per_task=2", "--stream", "train_per_task=100",
+        "--stream", "test_per_task=50", "--stream", "image_size=14"]
+
+
+def cltk(*args, tmp_path=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env.pop("CLTK_DEBUG", None)
+    if tmp_path is not None:
+        env["CLTK_DATA"] = str(tmp_path)     # an empty data root: only the built-in finders succeed
+    return subprocess.run([sys.executable, "-m", "cltk", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=str(tmp_path) if tmp_path is not None else ROOT)
+
+
+RUN = ["run", "--benchmark", "split-mnist5k", "--iters", "1", "--no-progress", "--no-readout"]
+BAD = {
+    "no command": ([], "required"),
+    "unknown command": (["frobnicate"], "invalid choice"),
+    "run without a method": (["run", "--benchmark", "split-mnist5k"], "--method"),
+    "unknown method": (RUN + ["--method", "nope"], "unknown method 'nope'"),
+    "unknown benchmark family": (["run", "--method", "finetune", "--benchmark", "bogus"], "benchmark must match"),
+    "unknown data set": (["run", "--method", "finetune", "--benchmark", "split-nosuchdata"], "unknown data set"),
+    "missing data set": (["run", "--method", "finetune", "--benchmark", "split-cifar10"], "not installed"),
+    "bad scenario": (RUN + ["--method", "finetune", "--scenario", "foo"], "unknown scenario 'foo'"),
+    "unsupported scenario": (["compare", "--methods", "separate", "--scenarios", "class"], "does not support"),
+    "--set not a number": (RUN + ["--method", "finetune", "--set", "lr=abc"], "lr=abc: expected a number"),
+    "--set unknown field": (RUN + ["--method", "finetune", "--set", "lamda=1"], "lamda"),
+    "--set invalid value": (RUN + ["--method", "finetune", "--set", "lr=-1"], "lr must be > 0"),
+    "--set without =": (RUN + ["--method", "finetune", "--set", "lr"], "field=value"),
+    "--set bad choice": (RUN + ["--method", "finetune", "--set", "optimizer=rmsprop"], "optimizer"),
+    "unknown model": (RUN + ["--method", "finetune", "--model", "resnet"], "unknown model 'resnet'"),
+    "bad seeds": (["compare", "--seeds", "a,b"], "--seeds"),
+    "negative iters": (RUN[:3] + ["--method", "finetune", "--iters", "-3"], "--iters must be >= 0"),
+    "iters not an int": (["run", "--method", "finetune", "--benchmark", "x", "--iters", "x"], "invalid int"),
+    "unknown stream argument": (RUN + ["--method", "finetune", "--stream", "bogus=1"], "no argument 'bogus'"),
+    "bad stream value": (RUN + ["--method", "finetune", "--stream", "n_tasks=0"], "n_tasks"),
+    "zero threads": (RUN + ["--method", "finetune", "--threads", "0"], "--threads must be >= 1"),
+    "domain-IL over unequal tasks": (["compare", "--methods", "finetune", "--scenarios", "task,domain", "--stream",
+                                      "partition=[[0,1],[2,3,4]]"], "domain scenario needs tasks of equal size"),
+    "unknown preset": (["compare", "--preset", "nope"], "unknown preset 'nope'"),
+    "cuda on a cpu build": (RUN + ["--method", "finetune", "--device", "cuda"], "cuda"),
+}
+
+
+def _skip_cuda_case(case):
+    if case == "cuda on a cpu build":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_invocation_is_one_error_line(case, tmp_path, monkeypatch, capsys):
+    """Every case through cltk.cli.main in this process (a process per case costs a torch import each)."""
+    from cltk.cli import main
+    _skip_cuda_case(case)
+    args, needle = BAD[case]
+    monkeypatch.setenv("CLTK_DATA", str(tmp_path))
+    monkeypatch.delenv("CLTK_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    try:
+        rc = main(args)
+    except SystemExit as e:      # argparse errors exit from parse_args
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc not in (0, None)
+    assert len(lines) == 1 and lines[0].startswith("cltk: error: "), err
+    assert needle.lower() in lines[0].lower()
+    assert not os.path.exists(tmp_path / "results")
+
+
+@pytest.mark.parametrize("case", ["no command", "unknown method", "missing data set", "--set not a number",
+                                  "bad scenario", "unknown stream argument"])
+def test_bad_invocation_in_a_real_process(case, tmp_path):
+    args, needle = BAD[case]
+    p = cltk(*args, tmp_path=tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("cltk: error: "), p.stderr
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in p.stderr + p.stdout
+
+
+def test_list_names_methods_benchmarks_and_presets():
+    p = cltk("list")
+    assert p.returncode == 0, p.stderr
+    for word in ("finetune", "joint", "separate", "split-<dataset>", "seq-<d1>+<d2>", "three-scenarios", "mlp"):
+        assert word in p.stdout
+
+
+def test_env_reports_torch_extension_ops_and_data(tmp_path):
+    import torch
+
+    from cltk import _ext
+    p = cltk("env", tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"torch {torch.__version__}" in p.stdout
+    assert "mnist5k        found" in p.stdout and "cifar10" in p.stdout and "missing" in p.stdout
+    if _ext.available():
+        assert "cltk._C: loaded" in p.stdout and "cltk::masked_adamw_" in p.stdout and "CPU yes" in p.stdout
+    else:
+        assert "not loaded" in p.stdout
+
+
+def test_run_writes_results_and_figures(tmp_path):
+    out = tmp_path / "out"
+    p = cltk("run", "--method", "finetune", "--benchmark", "split-mnist5k", "--scenario", "class", "--seeds",
+             "0,1", "--iters", "5", "--no-progress", "--set", "lr=0.01", "--out", str(out), *TINY, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "class-IL" in p.stdout and "finetune" in p.stdout and "±" in p.stdout
+    assert sorted(os.listdir(out)) == ["accuracy_matrix_finetune.png", "results.csv", "results.json", "summary.png"]
+    doc = json.load(open(out / "results.json"))
+    assert [r["seed"] for r in doc["runs"]] == [0, 1] and doc["runs"][0]["config"]["lr"] == 0.01
+    assert doc["runs"][0]["iters_per_task"] == 5 and len(doc["runs"][0]["R"]) == 2
+    assert doc["summary"][0]["n_seeds"] == 2
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+
+
+def test_compare_default_folder_under_results(tmp_path):
+    p = cltk("compare", "--methods", "finetune,joint", "--scenarios", "task", "--seeds", "0", "--iters", "2",
+             "--name", "../tiny run", "--no-progress", "--no-readout", *TINY, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "results" / "tiny_run"          # the name is sanitised
+    assert {"results.json", "accuracy_matrix_finetune.png", "accuracy_matrix_joint.png"} <= set(os.listdir(out))
+
+
+def test_bench_delegates_to_the_benchmark_options(capsys):
+    from cltk.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--kernel" in out and "--quick" in out and "--threads" in out
+
+
+def test_parse_overrides_uses_the_field_types():
+    assert parse_overrides(["lr=0.5", "optimizer=sgd", "momentum=0.9"], FinetuneConfig) == {
+        "lr": 0.5, "optimizer": "sgd", "momentum": 0.9}
+    with pytest.raises(ValueError, match="has no field 'nope'"):
+        parse_overrides(["nope=1"], FinetuneConfig)
+    with pytest.raises(ValueError, match="expected a number"):
+        parse_overrides(["lr=fast"], FinetuneConfig)
