@@ -18,12 +18,13 @@ not thresholded. With ``s_max = 400`` it is exactly 0.0 or 1.0 in float32 wherev
 per layer so that this can be checked. A weight is *used by earlier tasks* where its cumulative attention
 ``min(a^{<t}_i, a^{<t}_j)`` is 1; its gradient is then exactly zero while later tasks train.
 
-Model. HAT wraps a plain ``nn.Sequential`` MLP: an optional leading ``nn.Flatten``, then hidden ``nn.Linear``
-layers each followed by ``nn.ReLU`` (``nn.Dropout`` allowed anywhere), and a final ``nn.Linear`` output layer
-(the multi-head: in task-IL each task's output units are its own head, so the output layer is not masked, as in
-the authors' code). :meth:`HAT.setup` returns a :class:`HATNet` that reuses the given layers (same parameters)
-and adds one ``nn.Embedding(n_tasks, width)`` per hidden layer, initialised N(0, 1) like the authors' code.
-Other models raise ``ValueError``.
+Model. HAT wraps a plain MLP: an ``nn.Sequential`` of an optional leading ``nn.Flatten``, hidden ``nn.Linear``
+layers each followed by ``nn.ReLU`` (``nn.Dropout`` allowed anywhere) and a final ``nn.Linear`` output layer, or a
+module with such an ``nn.Sequential`` ``body`` (without the output layer) and an ``nn.Linear`` ``head`` computing
+``head(body(x))`` (``cltk.models.MLP``). The output layer is the multi-head: in task-IL each task's output units
+are its own head, so it is not masked, as in the authors' code. :meth:`HAT.setup` returns a :class:`HATNet` that
+reuses the given layers (same parameters) and adds one ``nn.Embedding(n_tasks, width)`` per hidden layer,
+initialised N(0, 1) like the authors' code. Other models raise ``ValueError``.
 
 Scenarios. Task-IL only: the attention of a sample is chosen by its task id, which domain-IL and class-IL do not
 give at test time.
@@ -90,12 +91,16 @@ class HATConfig(MethodConfig):
 class HATNet(nn.Module):
     """An MLP with per-task hard attention on its hidden units.
 
-    ``body`` is the wrapped ``nn.Sequential`` (its modules and parameters are used as they are); ``embeddings[k]``
-    is the ``nn.Embedding(n_tasks, width_k)`` of the k-th hidden layer. ``forward(x, t, s)`` takes ``x`` [B, ...],
-    ``t`` int64 [B] task ids and the scale ``s``; it returns the logits [B, n_outputs].
+    ``body`` is the wrapped ``nn.Sequential`` including the output layer (its modules and parameters are used as
+    they are); ``embeddings[k]`` is the ``nn.Embedding(n_tasks, width_k)`` of the k-th hidden layer.
+    ``forward(x, t, s)`` takes ``x`` [B, ...], ``t`` int64 [B] task ids and the scale ``s`` (default ``s_max``);
+    it returns the logits [B, n_outputs]. ``features(x, t)`` is the attended last hidden layer at ``s_max``
+    [B, width] (``features_take_task`` tells a loop to pass the task ids).
     """
 
-    def __init__(self, body: nn.Sequential, n_tasks: int) -> None:
+    features_take_task = True
+
+    def __init__(self, body: nn.Sequential, n_tasks: int, s_max: float = 400.0) -> None:
         super().__init__()
         mods = list(body)
         linears = [i for i, m in enumerate(mods) if isinstance(m, nn.Linear)]
@@ -123,6 +128,8 @@ class HATNet(nn.Module):
             raise ValueError("HAT supports an nn.Sequential MLP ([nn.Flatten], then nn.Linear + nn.ReLU hidden "
                              "layers, then an nn.Linear output layer; nn.Dropout allowed): " + "; ".join(problems))
         self.body = body
+        self.s_max = float(s_max)
+        self._head_index = linears[-1]
         self.linears: list[nn.Linear] = [mods[i] for i in linears]
         self.embeddings = nn.ModuleList(nn.Embedding(n_tasks, lin.out_features) for lin in self.linears[:-1])
         # default nn.Embedding init, N(0, 1), as in the authors' code
@@ -133,15 +140,23 @@ class HATNet(nn.Module):
         """Attention ``sigmoid(s * e_t)`` of every hidden layer, each [len(t), width] (``t`` int64 [B])."""
         return [torch.sigmoid(s * emb(t)) for emb in self.embeddings]
 
-    def forward(self, x: Tensor, t: Tensor, s: float) -> Tensor:
+    def _run(self, x: Tensor, t: Tensor, s: float, stop: int) -> Tensor:
         masks = self.unit_masks(t, s)
         h = x
         for i, m in enumerate(self.body):
+            if i == stop:
+                break
             h = m(h)
             k = self._gate_after.get(i)
             if k is not None:
                 h = h * masks[k]
         return h
+
+    def forward(self, x: Tensor, t: Tensor, s: Optional[float] = None) -> Tensor:
+        return self._run(x, t, self.s_max if s is None else s, len(self.body))
+
+    def features(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._run(x, t, self.s_max, self._head_index)
 
 
 def _weight_views(net: HATNet, masks: list[Tensor]) -> dict[Tensor, Tensor]:
@@ -187,13 +202,17 @@ class HAT(Method):
             raise ValueError(f"method {self.name!r} does not support the {stream.scenario!r} scenario "
                              f"(supported: {', '.join(self.scenarios)}): the attention mask is chosen by the "
                              f"task id, which only task-IL gives at test time")
+        n_tasks, s_max = len(stream.tasks), self.config.s_max
         if isinstance(model, HATNet):
             net = model
         elif isinstance(model, nn.Sequential):
-            net = HATNet(model, len(stream.tasks))
+            net = HATNet(model, n_tasks, s_max)
+        elif isinstance(getattr(model, "body", None), nn.Sequential) and isinstance(getattr(model, "head", None),
+                                                                                   nn.Linear):
+            net = HATNet(nn.Sequential(*model.body, model.head), n_tasks, s_max)
         else:
-            raise ValueError(f"HAT supports an nn.Sequential MLP of nn.Linear + nn.ReLU layers, got a "
-                             f"{type(model).__name__}")
+            raise ValueError(f"HAT supports an nn.Sequential MLP of nn.Linear + nn.ReLU layers (or a module with "
+                             f"such an nn.Sequential body and an nn.Linear head), got a {type(model).__name__}")
         self.net = net
         self.cumulative = [torch.zeros(e.embedding_dim, device=e.weight.device) for e in net.embeddings]
         super().setup(net, stream)

@@ -21,6 +21,9 @@ only ever receives gradient in its own output units, so it is neither pruned nor
 parameterised layers (batch norm, embeddings, ...) raise ``ValueError``: the paper freezes batch-norm
 parameters but not their running statistics, which change with every task.
 
+A model with a ``features(x)`` method (``cltk.models``) is returned wrapped in a :class:`PackNetNet`, whose
+``features(x, t)`` uses each task's weights, so that a feature read-out of an old task sees that task's network.
+
 Scenarios: task-IL only (the weights a sample uses are chosen by its task id).
 
 Defaults from the paper and its code (github.com/arunmallya/packnet, ``src/main.py``, ``src/prune.py``,
@@ -42,7 +45,7 @@ from torch.func import functional_call
 from cltk.methods.base import Batch, Method, MethodConfig, register
 from cltk.streams.base import Stream, Task
 
-__all__ = ["PackNet", "PackNetConfig"]
+__all__ = ["PackNet", "PackNetConfig", "PackNetNet"]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -96,6 +99,36 @@ class PackNetConfig(MethodConfig):
         return self.prune_schedule[min(task_index, len(self.prune_schedule) - 1)]
 
 
+class _FeatureView(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.features(x)
+
+
+class PackNetNet(nn.Module):
+    """Wraps a model that has ``features(x)`` so that ``features(x, t)`` sees each task's own weights.
+
+    ``forward(x)`` is the wrapped model's (all current weights, for training); ``features(x, t)`` (``t`` int64
+    [B]) uses :meth:`PackNet.task_weights`, so a loop's feature read-out of an old task sees what that task sees.
+    """
+
+    features_take_task = True
+
+    def __init__(self, net: nn.Module, method: "PackNet") -> None:
+        super().__init__()
+        self.net = net
+        self._method = [method]   # a list keeps the method out of the module tree
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def features(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._method[0].task_features(self, x, t)
+
+
 @register
 class PackNet(Method):
     """Iterative magnitude pruning and re-training, one weight subset per task (task-IL)."""
@@ -119,6 +152,8 @@ class PackNet(Method):
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, stream: Stream) -> nn.Module:
+        if callable(getattr(model, "features", None)) and not isinstance(model, PackNetNet):
+            model = PackNetNet(model, self)
         model = super().setup(model, stream)
         heads = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == stream.n_outputs]
         if not heads:
@@ -262,6 +297,19 @@ class PackNet(Method):
             if out is None:
                 out = logits.new_zeros((x.shape[0],) + tuple(logits.shape[1:]))
             out[sel] = logits
+        return out
+
+    def task_features(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        """``model.net.features(x)`` with each sample's task weights (``model`` is a :class:`PackNetNet`)."""
+        view = _FeatureView(model.net)
+        out = None
+        for k in torch.unique(t).tolist():
+            sel = t == k
+            weights = {f"net.{n[len('net.'):]}": w for n, w in self.task_weights(model, int(k)).items()}
+            f = functional_call(view, weights, (x[sel],))
+            if out is None:
+                out = f.new_zeros((x.shape[0],) + tuple(f.shape[1:]))
+            out[sel] = f
         return out
 
     # -- state ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from torch import nn
 
 from cltk.methods import Batch, available_methods, get_method
 from cltk.methods.hat import HATNet, _weight_views
+from cltk.methods.packnet import PackNetNet
 from tests.methods.conftest import accuracy, drive, tiny_mlp, tiny_stream
 
 # "decided" attention: within this distance of 0 or 1 (float32 sigmoid at s_max)
@@ -190,11 +191,35 @@ def test_hat_rejects_unsupported_models_and_scenarios(stream):
             get_method("hat").setup(tiny_mlp(s), s)
 
 
+class _BodyHead(nn.Module):
+    """An MLP split as ``head(body(x))``, the layout of ``cltk.models.MLP``."""
+
+    def __init__(self, stream):
+        super().__init__()
+        mlp = tiny_mlp(stream)
+        self.body, self.head = nn.Sequential(*list(mlp)[:-1]), mlp[-1]
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 def test_hat_wraps_the_given_layers(stream):
     mlp = tiny_mlp(stream)
     net = get_method("hat").setup(mlp, stream)
     assert isinstance(net, HATNet) and net.linears[0] is mlp[1] and len(net.embeddings) == 2
     assert [e.embedding_dim for e in net.embeddings] == [64, 64]
+    bh = _BodyHead(stream)
+    net = get_method("hat").setup(bh, stream)
+    assert net.linears[0] is bh.body[1] and net.linears[-1] is bh.head
+    x, t = stream.tasks[0].test.x[:5], torch.zeros(5, dtype=torch.long)
+    a = [mk for mk in net.unit_masks(t, 400.0)]
+    with torch.no_grad():
+        feats = net.features(x, t)
+        torch.testing.assert_close(feats, torch.relu(bh.body[3](torch.relu(bh.body[1](x.flatten(1))) * a[0])) * a[1])
+        torch.testing.assert_close(net(x, t), bh.head(feats))
 
 
 # ------------------------------------------------------------------------------------------------------- PackNet
@@ -306,6 +331,25 @@ def test_packnet_state_dict_round_trip(stream):
 def test_packnet_rejects_bad_config_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         get_method("packnet", **{field: value})
+
+
+def test_packnet_wraps_a_model_with_features_so_old_tasks_see_their_weights(stream):
+    m = get_method("packnet", optimizer="adam", lr=1e-3, prune_last=True)
+    bh = _BodyHead(stream)
+    model = drive(m, bh, stream, iters=20)
+    assert isinstance(model, PackNetNet) and model.net is bh and model.features_take_task
+    assert sorted(m.owner) == ["net.body.1.weight", "net.body.3.weight"] and m.head == ["net.head.weight",
+                                                                                        "net.head.bias"]
+    x = stream.tasks[0].test.x[:6]
+    t = torch.tensor([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        feats = model.features(x, t)
+        for k in range(2):
+            w = m.task_weights(model, k)
+            h = torch.relu(nn.functional.linear(x.flatten(1), w["net.body.1.weight"], bh.body[1].bias))
+            h = torch.relu(nn.functional.linear(h, w["net.body.3.weight"], bh.body[3].bias))
+            assert torch.equal(feats[t == k], h[t == k])
+        assert not torch.equal(feats[0], bh.features(x[:1])[0])   # task 0 does not see task 1's weights
 
 
 def test_packnet_rejects_unsupported_models_and_scenarios(stream):
