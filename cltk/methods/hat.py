@@ -13,8 +13,8 @@ the embedding gradients are compensated for the annealing, ``q' = s_max (cosh(s 
 ``[-thres_emb, thres_emb]``.
 
 Masks and binarity. The attention used at evaluation is ``sigmoid(s_max e)`` in float32, as in the paper; it is
-not thresholded. With ``s_max = 400`` it is exactly 0.0 or 1.0 in float32 wherever ``|e| >= 0.26``
-(``s_max |e| >= 104``), and within 1e-6 of 0 or 1 wherever ``|e| >= 0.035``; :meth:`HAT.unit_masks` returns it
+not thresholded. With ``s_max = 400`` it is exactly 0.0 or 1.0 in float32 wherever ``|e| >= 0.23``
+(``s_max |e| >= 92``), and within 1e-6 of 0 or 1 wherever ``|e| >= 0.035``; :meth:`HAT.unit_masks` returns it
 per layer so that this can be checked. A weight is *used by earlier tasks* where its cumulative attention
 ``min(a^{<t}_i, a^{<t}_j)`` is 1; its gradient is then exactly zero while later tasks train.
 
