@@ -59,8 +59,8 @@ class PackNetConfig(MethodConfig):
     later tasks), overriding ``prune_fraction``; ``retrain_steps``: re-training steps after pruning (``0``: half
     the task's optimizer steps); ``retrain_lr``: its learning rate; ``retrain_batch_size``: its batch size
     (``0``: the size of the task's first batch); ``prune_last``: also prune (and re-train) after the stream's last
-    task, which the authors' scripts skip (``0.75,0.75,-1``) so that it keeps every free weight. ``weight_decay`` must be 0: decay would move weights that earlier
-    tasks own.
+    task, which the authors' scripts skip (``0.75,0.75,-1``) so that it keeps every free weight.
+    ``weight_decay`` must be 0: decay would move weights that earlier tasks own.
     """
 
     optimizer: str = "sgd"

@@ -49,7 +49,18 @@ def test_both_methods_are_registered_with_metadata():
         assert cls.scenarios == ("task",) and cls.paper and cls.description
 
 
+def test_fp32_attention_at_s_max_is_binary_outside_the_documented_band():
+    e = torch.cat([torch.linspace(0.23, 6.0, 2001), -torch.linspace(0.23, 6.0, 2001)])
+    a = torch.sigmoid(400.0 * e)
+    assert torch.all((a == 0) | (a == 1))
+    e = torch.cat([torch.linspace(0.035, 0.23, 2001), -torch.linspace(0.035, 0.23, 2001)])
+    a = torch.sigmoid(400.0 * e)
+    assert torch.all(torch.minimum(a, 1 - a) <= DECIDED)
+
+
 def test_hat_masks_are_binary_at_s_max(stream):
+    """Binary at s_max: a unit is *decided* when its float32 attention sigmoid(s_max e) is within 1e-6 of 0 or 1
+    (|e| >= 0.035 for s_max = 400). After training, at least 95% of every task's units are decided."""
     m = get_method("hat", optimizer="adam", lr=1e-3)
     model = drive(m, tiny_mlp(stream), stream, iters=100)
     for k in range(2):
