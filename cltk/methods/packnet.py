@@ -246,6 +246,7 @@ class PackNet(Method):
         if steps == 0:
             return
         model = self.model
+        device = next(model.parameters()).device
         x, y, t = self.training_data(task)
         bs = c.retrain_batch_size or self.batch_size or min(128, int(y.shape[0]))
         bs = min(bs, int(y.shape[0]))
@@ -261,7 +262,7 @@ class PackNet(Method):
         try:
             for _ in range(steps):
                 idx = torch.randint(0, y.shape[0], (bs,), generator=g).to(y.device)
-                loss = self.loss(model, Batch(x[idx], y[idx], t[idx]))
+                loss = self.loss(model, Batch(x[idx].to(device), y[idx].to(device), t[idx].to(device)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.after_backward(model)
