@@ -113,10 +113,12 @@ class ICaRL(Method):
     def features(self, model: nn.Module, x: Tensor) -> Tensor:
         """L2-normalised features [N, D]: the input of the classifier layer."""
         captured: list[Tensor] = []
+        param = next(model.parameters(), None)
+        dev = x.device if param is None else param.device   # exemplars and task data stay where the stream has them
         hook = self._head.register_forward_pre_hook(lambda mod, inp: captured.append(inp[0].detach()))
         try:
             for i in range(0, x.shape[0], _FEATURE_CHUNK):
-                model(x[i:i + _FEATURE_CHUNK])
+                model(x[i:i + _FEATURE_CHUNK].to(dev))
         finally:
             hook.remove()
         if not captured:
