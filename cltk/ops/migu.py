@@ -14,6 +14,7 @@ Each op has a ``*_ref`` twin in plain PyTorch: the test oracle, the benchmark ba
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence
 
 import torch
@@ -99,7 +100,8 @@ def row_l1_accumulate_ref(acc: Tensor, y: Tensor) -> None:
     _check_row_l1(acc, y)
     with torch.no_grad():
         d = acc.shape[0]
-        acc.add_(y.detach().reshape(-1, d).abs().sum(0, dtype=torch.float32))
+        rows = math.prod(y.shape[:-1])  # not -1: a (..., 0) y has no inferable row count
+        acc.add_(y.detach().reshape(rows, d).abs().sum(0, dtype=torch.float32))
 
 
 def row_l1_accumulate_(acc: Tensor, y: Tensor) -> None:
