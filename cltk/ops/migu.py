@@ -37,8 +37,17 @@ _NATIVE = _ext.available() and {"row_l1_accumulate_", "topk_row_mask", "topk_row
 )
 
 
+_NATIVE_FOR: dict = {}  # (op, device type) -> bool; the dispatcher lookup costs ~20 us, the hook calls per layer
+
+
 def _use_native(op: str, t: Tensor) -> bool:
-    return _NATIVE and _ext.use_native(op, t)
+    if not _NATIVE:
+        return False
+    key = (op, t.device.type)
+    hit = _NATIVE_FOR.get(key)
+    if hit is None:
+        hit = _NATIVE_FOR[key] = _ext.use_native(op, t)
+    return hit
 
 
 _Y_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -1,0 +1,111 @@
+"""MIGU's two ops: the forward-hook L1 magnitude cache and the per-layer top-T masks.
+
+row_l1_accumulate_(acc, y), y = (tokens, d) activations of one linear layer, fp32 or bf16, acc (d,) fp32.
+Providers (timed round-robin in one process, 1 thread):
+  cltk          cltk.ops.row_l1_accumulate_ (one pass over y, no temporary)
+  hook          acc += y.reshape(-1, d).abs().sum(0): the hook body a user writes (grad mode left on; y here does
+                not require grad, so nothing is recorded, as for an activation under torch.no_grad evaluation).
+                Materialises |y| (a y-sized temporary, freshly page-faulted whenever it exceeds the allocator's
+                mmap threshold) and reads it again. The baseline.
+  hook_compile  torch.compile of the same hook body (inductor fuses abs into the reduction: no temporary)
+  ref           cltk.ops.row_l1_accumulate_ref (the op's reference: the hook body in fp32 under no_grad)
+Minimum traffic: y read once (tokens * d * itemsize bytes) plus acc read and written (8 d bytes); nothing else
+needs to touch memory. Roofline: the machine's measured 1-thread read bandwidth (`a.sum()` on 256 MiB).
+
+topk_row_mask_batched(mags, T=0.7) for the 72 linear layers of a 12-block d=768 transformer (q, k, v, o: 768 rows,
+fc1: 3072, fc2: 768; 82,944 scores). Providers:
+  cltk_batched  cltk.ops.topk_row_mask_batched (one native call, O(d) selection per layer)
+  cltk_loop     cltk.ops.topk_row_mask per layer
+  quantile      per layer mags >= torch.quantile(mags, T) (the reference; torch sorts)
+Minimum traffic: the scores read once (4 bytes each) and one bool written per row.
+
+Goals (1 thread): row_l1 >= 15x the hook, >= 4x torch.compile, >= 80% of the measured read bandwidth; zero
+retained activation (peak extra memory of cltk: per-thread partials of 8 d bytes, nothing of y's size).
+
+Measured (Intel Xeon with AVX-512, 2 vCPUs shared with other jobs, 260 MiB L3, torch 2.13 CPU, 1 thread, median
+of 9 runs of process CPU time; read bandwidth measured in the same run):
+  MEASURED_TABLE
+"""
+from __future__ import annotations
+
+from cltk.benchmark import Case, bench_device
+
+THRESHOLD = 0.7
+
+
+def _row_l1(tokens: int, d: int, dtype_name: str, device: str, runs: int) -> Case:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    # y read once + acc (fp32) read and written: the floor of any implementation.
+    bytes_moved = tokens * d * itemsize + 2 * 4 * d
+
+    def build():
+        import cltk.ops as ops
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        y = torch.randn(tokens, d, generator=gen, device=device).to(dtype)
+        acc = torch.zeros(d, device=device)
+
+        def hook(acc, y):
+            acc += y.reshape(-1, d).abs().sum(0)
+
+        hook_compiled = torch.compile(hook, dynamic=False)
+        return {
+            "cltk": lambda: ops.row_l1_accumulate_(acc, y),
+            "hook": lambda: hook(acc, y),
+            "hook_compile": lambda: hook_compiled(acc, y),
+            "ref": lambda: ops.row_l1_accumulate_ref(acc, y),
+        }
+
+    return Case(kernel="row_l1_accumulate_", mode="forward", shape=f"{tokens}x{d} {dtype_name}",
+                bytes_moved=bytes_moved, providers=("cltk", "hook", "hook_compile", "ref"), baseline="hook",
+                build=build, bandwidth="read", device=device, runs=runs, warmup=2)
+
+
+def transformer_linear_rows(blocks: int, d: int) -> list[int]:
+    """Output rows of the linear layers of `blocks` pre-LN transformer blocks: q, k, v, o, fc1 (4d), fc2."""
+    return [d, d, d, d, 4 * d, d] * blocks
+
+
+def _topk(blocks: int, d: int, device: str, runs: int) -> Case:
+    import torch
+
+    rows = transformer_linear_rows(blocks, d)
+    # scores read once (fp32) + one bool written per row
+    bytes_moved = 5 * sum(rows)
+
+    def build():
+        import cltk.ops as ops
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        mags = [torch.rand(n, generator=gen, device=device) for n in rows]
+
+        def quantile():
+            return [m >= torch.quantile(m, THRESHOLD) for m in mags]
+
+        return {
+            "cltk_batched": lambda: ops.topk_row_mask_batched(mags, THRESHOLD),
+            "cltk_loop": lambda: [ops.topk_row_mask(m, THRESHOLD) for m in mags],
+            "quantile": quantile,
+        }
+
+    return Case(kernel="topk_row_mask_batched", mode="forward",
+                shape=f"{len(rows)} layers ({blocks}x{d} transformer, {sum(rows)} rows) T={THRESHOLD}",
+                bytes_moved=bytes_moved, providers=("cltk_batched", "cltk_loop", "quantile"), baseline="quantile",
+                build=build, bandwidth="read", device=device, runs=runs, warmup=2)
+
+
+def cases(quick: bool) -> list[Case]:
+    device = bench_device()
+    if quick:
+        return [_row_l1(1024, 768, "float32", device, runs=9), _row_l1(1024, 768, "bfloat16", device, runs=9),
+                _topk(2, 256, device, runs=9)]
+    return [
+        _row_l1(8192, 3072, "float32", device, runs=9),
+        _row_l1(8192, 8192, "float32", device, runs=9),
+        _row_l1(8192, 3072, "bfloat16", device, runs=9),
+        _row_l1(8192, 8192, "bfloat16", device, runs=9),
+        _topk(12, 768, device, runs=11),
+    ]
