@@ -157,7 +157,7 @@ def test_row_l1_accumulates_over_calls():
 
 
 @native
-def test_row_l1_deterministic_and_thread_count_independent_of_sum():
+def test_row_l1_deterministic_for_a_thread_count():
     y = _y((5000, 37), torch.float32, seed=6)
     before = torch.get_num_threads()
     outs = []
