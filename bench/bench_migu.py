@@ -33,10 +33,10 @@ of 9 runs of process CPU time; read bandwidth measured in the same run):
     Peak extra memory: cltk 0.0 MiB in every case; hook 95.9 / 255.8 / 47.9 / 127.9 MiB (|y|); hook_compile 0.0 MiB.
     topk_row_mask_batched, 72 layers: cltk_batched 1.20 ms (6.2x), cltk_loop 1.35 ms (5.5x), quantile 7.46 ms.
   Goals: >= 80% of read bandwidth met (83-106%); zero retained activation met; >= 4x torch.compile met only for
-  8192x8192 fp32 (2.7-3.4x elsewhere); >= 15x the hook missed (9-11x). The kernel is at the machine's 1-thread streaming limit: a
-  standalone AVX-512 loop over the same data (8-, 16-, 4- and 1-row blockings, with and without software prefetch;
-  bf16 by widening or by even/odd 16-bit lanes) reads 14.5-15.6 GB/s fp32 and 12.0-12.5 GB/s bf16, so the ratios are
-  bounded by how slow the hook is (it writes and re-reads a y-sized |y|), not by the kernel.
+  8192x8192 fp32 (2.7-3.4x elsewhere); >= 15x the hook missed (9-11x). The kernel is at the machine's 1-thread
+  streaming limit: a standalone AVX-512 loop over the same data (8-, 16-, 4- and 1-row blockings, with and without
+  software prefetch; bf16 by widening or by even/odd 16-bit lanes) reads 14.5-15.6 GB/s fp32 and 12.0-12.5 GB/s
+  bf16, so the ratios are bounded by how slow the hook is (it writes and re-reads a y-sized |y|), not by the kernel.
 """
 from __future__ import annotations
 

@@ -423,5 +423,6 @@ def test_batched_bad_input(fn):
         fn([torch.rand(4).bfloat16()], 0.5)
     with pytest.raises(TypeError, match=r"scores must be a list of 1-D tensors, got Tensor"):
         fn(torch.rand(4), 0.5)
-    with pytest.raises(ValueError, match=r"all scores must be on one device, scores\[0\] is on cpu, scores\[1\] on meta"):
+    with pytest.raises(ValueError,
+                       match=r"all scores must be on one device, scores\[0\] is on cpu, scores\[1\] on meta"):
         fn([torch.rand(4), torch.rand(4, device="meta")], 0.5)
