@@ -23,20 +23,21 @@ Goals (1 thread): row_l1 >= 15x the hook, >= 4x torch.compile, >= 80% of the mea
 retained activation (peak extra memory of cltk: per-thread partials of 8 d bytes, nothing of y's size).
 
 Measured (Intel Xeon with AVX-512, 2 vCPUs shared with other jobs, 260 MiB L3, torch 2.13 CPU, 1 thread, median
-of 9 runs of process CPU time; read bandwidth measured in the same run):
-  machine read bandwidth 13.82 GB/s (copy 12.48, in-place 21.42).
-    case                 cltk              hook       hook_compile        ref      cltk vs hook / compile   % read bw
-    8192x3072 fp32    7.40 ms (13.6 GB/s)  81.3 ms    20.1 ms    58.8 ms     11.0x / 2.71x            98%
-    8192x8192 fp32   18.36 ms (14.6 GB/s) 177.6 ms    74.6 ms   177.5 ms      9.7x / 4.06x           106%
-    8192x3072 bf16    4.37 ms (11.5 GB/s)  39.6 ms    14.0 ms    89.1 ms      9.1x / 3.21x            83%
-    8192x8192 bf16   10.97 ms (12.2 GB/s) 111.6 ms    37.0 ms   251.9 ms     10.2x / 3.37x            89%
-    Peak extra memory: cltk 0.0 MiB in every case; hook 95.9 / 255.8 / 47.9 / 127.9 MiB (|y|); hook_compile 0.0 MiB.
-    topk_row_mask_batched, 72 layers: cltk_batched 1.20 ms (6.2x), cltk_loop 1.35 ms (5.5x), quantile 7.46 ms.
-  Goals: >= 80% of read bandwidth met (83-106%); zero retained activation met; >= 4x torch.compile met only for
-  8192x8192 fp32 (2.7-3.4x elsewhere); >= 15x the hook missed (9-11x). The kernel is at the machine's 1-thread
-  streaming limit: a standalone AVX-512 loop over the same data (8-, 16-, 4- and 1-row blockings, with and without
-  software prefetch; bf16 by widening or by even/odd 16-bit lanes) reads 14.5-15.6 GB/s fp32 and 12.0-12.5 GB/s
-  bf16, so the ratios are bounded by how slow the hook is (it writes and re-reads a y-sized |y|), not by the kernel.
+of 9 runs of process CPU time; two full runs, the machine's read bandwidth measured in each: 13.82 and 10.80 GB/s):
+  case              cltk                  hook            hook_compile    cltk vs hook   vs compile   % read bw
+  8192x3072 fp32    7.40 / 6.92 ms        81.3 / 65.5 ms  20.1 / 26.7 ms  11.0 / 9.5x    2.7 / 3.9x    98 / 135%
+  8192x8192 fp32    18.36 / 18.64 ms      177.6 / 187.7   74.6 / 76.9     9.7 / 10.1x    4.1 / 4.1x   106 / 133%
+  8192x3072 bf16    4.37 / 4.56 ms        39.6 / 41.6     14.0 / 14.2     9.1 / 9.1x     3.2 / 3.1x    83 / 102%
+  8192x8192 bf16    10.97 / 11.47 ms      111.6 / 109.6   37.0 / 39.1     10.2 / 9.6x    3.4 / 3.4x    89 / 108%
+  cltk reads 13.6-14.6 GB/s (fp32) and 11.1-12.2 GB/s (bf16). Peak extra memory: cltk 0.0 MiB in every case;
+  hook 95.9 / 255.8 / 47.9 / 127.9 MiB (|y|); hook_compile 0.0 MiB; ref (bf16: fp32 copy of |y| too) up to 384 MiB.
+  topk_row_mask_batched, 72 layers: quantile 7.52 ms; cltk_batched 0.68 ms (11.0x), cltk_loop 0.83 ms (9.0x)
+  (with std::nth_element instead of the radix select: 1.20 ms, 6.2x).
+Goals: >= 80% of read bandwidth met (83-135%); zero retained activation met; >= 4x torch.compile met for
+8192x8192 fp32 only (2.7-3.9x elsewhere); >= 15x the hook missed (9-11x). The kernel is at the machine's 1-thread
+streaming limit: a standalone AVX-512 loop over the same data (8-, 16-, 4- and 1-row blockings, with and without
+software prefetch; bf16 by widening or by even/odd 16-bit lanes) reads 14.5-15.6 GB/s fp32 and 12.0-12.5 GB/s bf16,
+so the ratios are bounded by how slow the hook and torch.compile are, not by the kernel.
 """
 from __future__ import annotations
 
