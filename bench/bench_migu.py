@@ -29,7 +29,7 @@ of 9 runs of process CPU time; two full runs, the machine's read bandwidth measu
   8192x8192 fp32    18.36 / 18.64 ms      177.6 / 187.7   74.6 / 76.9     9.7 / 10.1x    4.1 / 4.1x   106 / 133%
   8192x3072 bf16    4.37 / 4.56 ms        39.6 / 41.6     14.0 / 14.2     9.1 / 9.1x     3.2 / 3.1x    83 / 102%
   8192x8192 bf16    10.97 / 11.47 ms      111.6 / 109.6   37.0 / 39.1     10.2 / 9.6x    3.4 / 3.4x    89 / 108%
-  cltk reads 13.6-14.6 GB/s (fp32) and 11.1-12.2 GB/s (bf16). Peak extra memory: cltk 0.0 MiB in every case;
+  cltk reads 13.6-14.6 GB/s (fp32) and 11.0-12.2 GB/s (bf16). Peak extra memory: cltk 0.0 MiB in every case;
   hook 95.9 / 255.8 / 47.9 / 127.9 MiB (|y|); hook_compile 0.0 MiB; ref (bf16: fp32 copy of |y| too) up to 384 MiB.
   topk_row_mask_batched, 72 layers: quantile 7.52 ms; cltk_batched 0.68 ms (11.0x), cltk_loop 0.83 ms (9.0x)
   (with std::nth_element instead of the radix select: 1.20 ms, 6.2x).
