@@ -14,6 +14,7 @@ Each op has a ``*_ref`` twin in plain PyTorch: the test oracle, the benchmark ba
 """
 from __future__ import annotations
 
+import math
 from typing import List, Sequence
 
 import torch
@@ -36,8 +37,17 @@ _NATIVE = _ext.available() and {"row_l1_accumulate_", "topk_row_mask", "topk_row
 )
 
 
+_NATIVE_FOR: dict = {}  # (op, device type) -> bool; the dispatcher lookup costs ~20 us, the hook calls per layer
+
+
 def _use_native(op: str, t: Tensor) -> bool:
-    return _NATIVE and _ext.use_native(op, t)
+    if not _NATIVE:
+        return False
+    key = (op, t.device.type)
+    hit = _NATIVE_FOR.get(key)
+    if hit is None:
+        hit = _NATIVE_FOR[key] = _ext.use_native(op, t)
+    return hit
 
 
 _Y_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -99,7 +109,8 @@ def row_l1_accumulate_ref(acc: Tensor, y: Tensor) -> None:
     _check_row_l1(acc, y)
     with torch.no_grad():
         d = acc.shape[0]
-        acc.add_(y.detach().reshape(-1, d).abs().sum(0, dtype=torch.float32))
+        rows = math.prod(y.shape[:-1])  # not -1: a (..., 0) y has no inferable row count
+        acc.add_(y.detach().reshape(rows, d).abs().sum(0, dtype=torch.float32))
 
 
 def row_l1_accumulate_(acc: Tensor, y: Tensor) -> None:

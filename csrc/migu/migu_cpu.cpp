@@ -13,9 +13,10 @@
 // topk_row_mask: scores >= torch.quantile(scores, T), bit for bit. torch computes, in the scores' dtype,
 //   rank = T * (d - 1), lo = trunc(rank), hi = ceil(rank), w = rank - lo, and lerp(sorted[lo], sorted[hi], w) with
 //   at::lerp's formula (w < 0.5: a + w (b - a), else b - (b - a)(1 - w)) evaluated with one fused multiply-add, as
-//   torch's CPU lerp kernel is compiled. Here sorted[lo] comes from std::nth_element on a copy (O(d) expected) and
-//   sorted[hi] is the minimum of the elements after it. Any NaN makes the quantile NaN: the mask is all False.
-//   Traffic: read scores twice (copy, compare) + the copy's selection + write d bools.
+//   torch's CPU lerp kernel is compiled. Here sorted[lo] comes from a radix select on order-preserving integer keys
+//   (O(d), branch-free, a byte a pass, the candidates compacted after each pass) and sorted[hi] from one pass that
+//   counts the keys <= sorted[lo] and finds the smallest key above it. Any NaN makes the quantile NaN: the mask is
+//   all False. Traffic: read scores three times (keys, sorted[hi], compare) + the key passes + write d bools.
 //   Reference: topk_row_mask_ref (scores >= torch.quantile(scores, threshold)).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +26,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "migu/migu_common.h"
@@ -161,15 +165,68 @@ inline scalar_t lerp_like_torch(scalar_t a, scalar_t b, scalar_t w) {
   return std::abs(w) < scalar_t(0.5) ? std::fma(w, diff, a) : std::fma(w - scalar_t(1), diff, b);
 }
 
+// Order-preserving unsigned keys (as in migu.cuh): a < b as numbers (-0 < +0) iff key(a) < key(b).
+inline uint32_t order_key(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline uint64_t order_key(double x) {
+  uint64_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return (u >> 63) ? ~u : (u | (uint64_t(1) << 63));
+}
+inline float key_value(uint32_t k) {
+  const uint32_t u = (k & 0x80000000u) ? (k ^ 0x80000000u) : ~k;
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+inline double key_value(uint64_t k) {
+  const uint64_t u = (k >> 63) ? (k ^ (uint64_t(1) << 63)) : ~k;
+  double x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+}
+template <typename scalar_t>
+using key_of = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+
+// The k-th smallest (0-based) of keys[0, n): radix select, most significant byte first, keeping only the candidates
+// of the selected byte after each pass (branch-free). Scores are random-looking data, on which nth_element's
+// comparisons mispredict about half the time; this costs a few predictable passes instead. Overwrites keys.
+template <typename key_t>
+key_t radix_select(key_t* keys, int64_t n, int64_t k) {
+  key_t prefix = 0;
+  for (int shift = 8 * static_cast<int>(sizeof(key_t)) - 8; shift >= 0; shift -= 8) {
+    if (n == 1) return keys[0];
+    int64_t hist[256] = {0};
+    for (int64_t i = 0; i < n; ++i) ++hist[(keys[i] >> shift) & 255u];
+    int b = 0;
+    for (; b < 255 && k >= hist[b]; ++b) k -= hist[b];
+    prefix |= static_cast<key_t>(b) << shift;
+    if (hist[b] != n) {
+      int64_t m = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const key_t x = keys[i];
+        keys[m] = x;
+        m += ((x >> shift) & 255u) == static_cast<key_t>(b);
+      }
+      n = m;
+    }
+  }
+  return prefix;
+}
+
 template <typename scalar_t>
 void topk_mask_one(const scalar_t* s, int64_t stride, int64_t d, double threshold, bool* out,
-                   std::vector<scalar_t>& buf) {
-  buf.resize(static_cast<size_t>(d));
+                   std::vector<key_of<scalar_t>>& keys) {
+  using key_t = key_of<scalar_t>;
+  keys.resize(static_cast<size_t>(d));
   bool has_nan = false;
   for (int64_t i = 0; i < d; ++i) {
     const scalar_t x = s[i * stride];
     has_nan |= std::isnan(x);
-    buf[i] = x;
+    keys[i] = order_key(x);
   }
   if (has_nan) {
     std::fill(out, out + d, false);
@@ -180,26 +237,51 @@ void topk_mask_one(const scalar_t* s, int64_t stride, int64_t d, double threshol
   const int64_t lo = static_cast<int64_t>(rank);
   const int64_t hi = static_cast<int64_t>(std::ceil(rank));
   const scalar_t w = rank - static_cast<scalar_t>(lo);
-  std::nth_element(buf.begin(), buf.begin() + lo, buf.end());
-  const scalar_t v_lo = buf[lo];
-  const scalar_t v_hi = hi > lo ? *std::min_element(buf.begin() + lo + 1, buf.end()) : v_lo;
+  const key_t key_lo = radix_select<key_t>(keys.data(), d, lo);
+  const scalar_t v_lo = key_value(key_lo);
+  scalar_t v_hi = v_lo;
+  if (hi > lo) {
+    // sorted[hi] is v_lo again when more than hi elements are <= v_lo, else the smallest value above it.
+    int64_t n_le = 0;
+    key_t above = ~key_t(0);
+    for (int64_t i = 0; i < d; ++i) {
+      const key_t x = order_key(s[i * stride]);
+      n_le += x <= key_lo;
+      above = std::min(above, x > key_lo ? x : ~key_t(0));
+    }
+    if (n_le <= hi) v_hi = key_value(above);
+  }
   const scalar_t thr = lerp_like_torch(v_lo, v_hi, w);
   for (int64_t i = 0; i < d; ++i) out[i] = s[i * stride] >= thr;
 }
 
-void topk_one_tensor(const at::Tensor& scores, double threshold, at::Tensor& out) {
-  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "topk_row_mask", [&] {
-    std::vector<scalar_t> buf;
-    topk_mask_one<scalar_t>(scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.size(0), threshold,
-                            out.data_ptr<bool>(), buf);
-  });
+template <typename scalar_t>
+void topk_one_typed(const at::Tensor& scores, double threshold, at::Tensor& out, std::vector<uint32_t>& k32,
+                    std::vector<uint64_t>& k64) {
+  auto& keys = [&]() -> std::vector<key_of<scalar_t>>& {
+    if constexpr (sizeof(scalar_t) == 4) return k32; else return k64;
+  }();
+  topk_mask_one<scalar_t>(scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.size(0), threshold,
+                          out.data_ptr<bool>(), keys);
+}
+
+void topk_one_tensor(const at::Tensor& scores, double threshold, at::Tensor& out, std::vector<uint32_t>& k32,
+                     std::vector<uint64_t>& k64) {
+  if (scores.scalar_type() == at::kFloat) {
+    topk_one_typed<float>(scores, threshold, out, k32, k64);
+  } else {
+    TORCH_CHECK(scores.scalar_type() == at::kDouble, "unreachable");
+    topk_one_typed<double>(scores, threshold, out, k32, k64);
+  }
 }
 
 at::Tensor topk_row_mask_cpu(const at::Tensor& scores, double threshold) {
   check_threshold("topk_row_mask", threshold);
   check_scores("topk_row_mask", scores, "scores");
   at::Tensor out = at::empty(scores.sizes(), scores.options().dtype(at::kBool));
-  topk_one_tensor(scores, threshold, out);
+  std::vector<uint32_t> k32;
+  std::vector<uint64_t> k64;
+  topk_one_tensor(scores, threshold, out, k32, k64);
   return out;
 }
 
@@ -214,7 +296,9 @@ std::vector<at::Tensor> topk_row_mask_batched_cpu(at::TensorList scores, double 
     outs.push_back(at::empty(scores[i].sizes(), scores[i].options().dtype(at::kBool)));
   }
   at::parallel_for(0, static_cast<int64_t>(scores.size()), 1, [&](int64_t l0, int64_t l1) {
-    for (int64_t l = l0; l < l1; ++l) topk_one_tensor(scores[l], threshold, outs[l]);
+    std::vector<uint32_t> k32;  // key buffers reused across the layers of this range
+    std::vector<uint64_t> k64;
+    for (int64_t l = l0; l < l1; ++l) topk_one_tensor(scores[l], threshold, outs[l], k32, k64);
   });
   return outs;
 }

@@ -10,6 +10,7 @@ namespace migu {
 
 int64_t row_l1_row_chunks(int64_t rows, int64_t d) {
   // Enough blocks to fill a large GPU (~1024), chunks of at least 64 rows, and grid.y <= 65535.
+  if (rows <= 0 || d <= 0) return 1;  // nothing to launch; also keeps the divisions below defined
   const int64_t col_tiles = (d + kL1Cols - 1) / kL1Cols;
   int64_t chunks = (1024 + col_tiles - 1) / col_tiles;
   const int64_t max_by_rows = (rows + 63) / 64;
