@@ -139,7 +139,9 @@ _write_build_info(with_cuda, cpu_flags)
 # torch >= 2.14 headers require C++20; older ones are built and tested with C++17.
 _torch_mm = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
 cxx_std = "-std=c++20" if _torch_mm >= (2, 14) else "-std=c++17"
-cxx_flags = ["-O3", cxx_std, "-fopenmp", "-fvisibility=hidden",
+# -ffp-contract=off: no fused multiply-add unless the source asks for one (std::fma, at::vec::fmadd), so the
+# kernels round like the torch operations they replace (GCC contracts a*b+c by default, even through intrinsics).
+cxx_flags = ["-O3", "-ffp-contract=off", cxx_std, "-fopenmp", "-fvisibility=hidden",
              "-Wall", "-Wno-unused-function"] + cpu_flags
 ldflags = ["-fopenmp"]
 ext_kwargs = dict(
