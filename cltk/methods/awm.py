@@ -33,11 +33,12 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from cltk.methods._task_model import bn_affine_parameters, check_task_model, task_optimizer
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d, convert_layers
 from cltk.nn.modulated import ModulatedConv2d, ModulatedLinear
 from cltk.ops.bicubic import bicubic_modulate_multi
-from cltk.streams.base import Stream, Task
+from cltk.streams.base import Stream
 
 __all__ = ["AWM", "AWMConfig"]
 
@@ -118,13 +119,6 @@ class AWMConfig(MethodConfig):
                 raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
 
 
-def check_task_model(method: Method, model: nn.Module) -> MultiHeadNet:
-    if not isinstance(model, MultiHeadNet):
-        raise TypeError(f"method {method.name!r} needs a cltk.nn.backbones.MultiHeadNet (a backbone with per-task "
-                        f"heads, e.g. build_task_model(stream)), got {type(model).__name__}")
-    return model
-
-
 @register
 class AWM(Method):
     name = "awm"
@@ -152,26 +146,15 @@ class AWM(Method):
         """What task ``task`` trains: its grids, its head and (with ``bn_affine="task"``) its BatchNorm affines."""
         model = self.model
         assert isinstance(model, MultiHeadNet)
-        params = [m.deltas[task] for m in self.layers] + list(model.heads[task].parameters())
-        for m in model.backbone.modules():
-            if isinstance(m, TaskBatchNorm2d) and m.affine_per_task:
-                params += [m.weights[task], m.biases[task]]
-        return params
+        return ([m.deltas[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
+                + list(model.heads[task].parameters()))
 
     def make_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
-        c = self.config
         task = self.task.index if self.task is not None else 0
-        allowed = {id(p) for p in params}
         model = self.model
         assert isinstance(model, MultiHeadNet)
-        head = {id(p) for p in model.heads[task].parameters()}
-        own = [p for p in self.task_parameters(task) if id(p) in allowed]
-        groups = [{"params": [p for p in own if id(p) not in head], "lr": c.lr},
-                  {"params": [p for p in own if id(p) in head], "lr": c.head_lr or c.lr}]
-        groups = [g for g in groups if g["params"]]
-        if c.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        own = [m.deltas[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
+        return task_optimizer(self.config, params, own, list(model.heads[task].parameters()), self.config.head_lr)
 
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return model(x, t)

@@ -10,9 +10,10 @@
   linear probe, fine-tuning and EWC run on. :class:`TaskBatchNorm2d` keeps BatchNorm statistics (and optionally the
   affine parameters) per task; :func:`set_task` selects the task of every task-conditioned submodule.
 
-Every backbone has ``features(x) -> [B, feature_dim]`` (global-average-pooled) and ``forward(x)`` with its ImageNet
-classifier. Input: float [B, 3, H, W] normalised with the ImageNet mean and std (:func:`imagenet_normalize`); H and W
-multiples of 32 give the padding the reference computes for 224 x 224.
+Every backbone has ``forward_features(x) -> [B, feature_dim]`` (global-average-pooled) and ``forward(x)`` with its
+ImageNet classifier. Input: float [B, 3, H, W] normalised with the ImageNet mean and std
+(:func:`imagenet_normalize`, which :class:`MultiHeadNet` applies to [0, 1] images); with H and W multiples of 32 the
+"same" padding equals the reference's static padding for 224 x 224.
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class EfficientNetLite0(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(1280, num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         x = F.relu6(self.stem_bn(self.stem_conv(self.stem_pad(x))))
         for b in self.blocks:
             x = b(x)
@@ -134,7 +135,7 @@ class EfficientNetLite0(nn.Module):
         return x.mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.classifier(self.dropout(self.forward_features(x)))
 
 
 def efficientnet_lite0_key_map(name: str) -> str:
@@ -219,20 +220,14 @@ class MobileNetV2(nn.Module):
                 layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
         layers.append(_ConvBNReLU6(cin, 1280, 1))
-        self.features_seq = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
-    # torchvision calls the trunk ``features``; keep its state-dict names while ``features()`` is the method
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for k in [k for k in state_dict if k.startswith(prefix + "features.")]:
-            state_dict[prefix + "features_seq." + k[len(prefix) + len("features."):]] = state_dict.pop(k)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.features_seq(x).mean(dim=(2, 3))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x).mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        return self.classifier(self.forward_features(x))
 
 
 def mobilenet_v2(weights_path: Optional[str] = None) -> MobileNetV2:
@@ -320,7 +315,7 @@ class MultiHeadNet(nn.Module):
         self.before_features: Optional[Callable[[int], None]] = None
 
     def _features(self, x: Tensor) -> Tensor:
-        return self.backbone.features(imagenet_normalize(x) if self.normalize else x)
+        return self.backbone.forward_features(imagenet_normalize(x) if self.normalize else x)
 
     def forward(self, x: Tensor, t: Union[Tensor, int, None] = None) -> Tensor:
         out = x.new_zeros(x.shape[0], self.n_outputs)
