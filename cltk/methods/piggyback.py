@@ -6,9 +6,9 @@ Paper defaults: masks initialised to 1e-2 with threshold 5e-3 (so every mask sta
 itself), Adam with learning rate 1e-4 for the masks and 1e-3 for the classifier. Only task t's masks and head
 train on task t, so earlier tasks are untouched (task-IL). ``exclude_first`` / ``exclude_depthwise`` leave the stem /
 depthwise convs unmasked. BatchNorm as in AWM (:mod:`cltk.methods.awm`): ``bn_stats="task"`` (per-task running
-statistics, the default) or ``"frozen"``; ``bn_affine="frozen"`` (default) or ``"task"``. The paper's ResNet
-experiments used the pretrained BatchNorm; per-task statistics are cltk's default here so that Piggyback and AWM see the
-same normalisation.
+statistics, the default) or ``"frozen"``; ``bn_affine="frozen"`` (default) or ``"task"``; ``bn_momentum`` (default
+None: cumulative per task); per-task statistics are cltk's default so that Piggyback and AWM see the same
+normalisation.
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ class MaskedLinear(_Masked):
 @dataclass
 class PiggybackConfig(MethodConfig):
     """``lr``: the masks' learning rate; ``head_lr``: the heads'; ``mask_init`` > ``threshold`` >= 0 (an initial
-    mask of all ones); ``exclude_first``, ``exclude_depthwise``, ``bn_stats``, ``bn_affine``: as in AWM."""
+    mask of all ones); ``exclude_first``, ``exclude_depthwise``, ``bn_stats``, ``bn_affine``, ``bn_momentum``: as in
+    AWM."""
 
     lr: float = 1e-4
     head_lr: Optional[float] = 1e-3
@@ -93,6 +94,7 @@ class PiggybackConfig(MethodConfig):
     exclude_depthwise: bool = False
     bn_stats: str = "task"
     bn_affine: str = "frozen"
+    bn_momentum: Optional[float] = None
 
     def validate(self) -> None:
         super().validate()
@@ -106,6 +108,8 @@ class PiggybackConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}.bn_stats must be 'task' or 'frozen', got {self.bn_stats!r}")
         if self.bn_affine not in ("frozen", "task"):
             raise ValueError(f"{type(self).__name__}.bn_affine must be 'frozen' or 'task', got {self.bn_affine!r}")
+        if self.bn_momentum is not None:
+            self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
         for name in ("exclude_first", "exclude_depthwise"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
@@ -127,7 +131,7 @@ class Piggyback(Method):
             make_conv=lambda m: MaskedConv2d(m, n, c.mask_init, c.threshold),
             make_linear=lambda m: MaskedLinear(m, n, c.mask_init, c.threshold),
             make_bn=lambda m: TaskBatchNorm2d(m, n, affine_per_task=c.bn_affine == "task",
-                                              frozen_stats=c.bn_stats == "frozen"),
+                                              frozen_stats=c.bn_stats == "frozen", momentum=c.bn_momentum),
             exclude_first=c.exclude_first, exclude_depthwise=c.exclude_depthwise)
         self.layers = [model.backbone.get_submodule(name) for name in self.layer_names]
         return model

@@ -251,17 +251,24 @@ class TaskBatchNorm2d(nn.Module):
     Training on task t updates only task t's statistics, so once task t is done its statistics never change.
     Every set starts as a copy of the source layer's (pretrained) statistics and affine parameters.
     ``frozen_stats``: always normalise with those statistics, never with the batch's (also in training mode).
+    ``momentum``: the running-average factor; ``"source"`` keeps the source layer's, ``None`` is the cumulative
+    average over the task's training batches (its first batch replaces the pretrained statistics), as
+    ``nn.BatchNorm2d(momentum=None)`` but counted per task.
     """
 
     def __init__(self, bn: nn.BatchNorm2d, num_tasks: int, affine_per_task: bool = False,
-                 frozen_stats: bool = False) -> None:
+                 frozen_stats: bool = False, momentum: Union[float, None, str] = "source") -> None:
         super().__init__()
         if num_tasks < 1:
             raise ValueError(f"TaskBatchNorm2d: num_tasks must be >= 1, got {num_tasks}")
         if bn.running_mean is None:
             raise ValueError("TaskBatchNorm2d: the source BatchNorm2d must track running statistics")
         c = bn.num_features
-        self.eps, self.momentum = bn.eps, bn.momentum
+        self.eps = bn.eps
+        self.momentum = bn.momentum if isinstance(momentum, str) and momentum == "source" else momentum
+        if self.momentum is not None and not 0.0 <= float(self.momentum) <= 1.0:
+            raise ValueError(f"TaskBatchNorm2d: momentum must be in [0, 1], None or 'source', got {momentum!r}")
+        self.register_buffer("num_batches_tracked", torch.zeros(num_tasks, dtype=torch.long))
         self.register_buffer("running_mean", bn.running_mean.detach().clone().repeat(num_tasks, 1))
         self.register_buffer("running_var", bn.running_var.detach().clone().repeat(num_tasks, 1))
         w = bn.weight.detach().clone() if bn.weight is not None else torch.ones(c)
@@ -282,9 +289,13 @@ class TaskBatchNorm2d(nn.Module):
         if not 0 <= t < self.num_tasks:
             raise IndexError(f"TaskBatchNorm2d: task must be in [0, {self.num_tasks}), got {t}")
         w, b = (self.weights[t], self.biases[t]) if self.affine_per_task else (self.weight, self.bias)
+        use_batch = self.training and not self.frozen_stats
+        factor = 0.0
+        if use_batch:
+            self.num_batches_tracked[t] += 1
+            factor = 1.0 / float(self.num_batches_tracked[t]) if self.momentum is None else float(self.momentum)
         # a row view of the per-task buffers: batch_norm updates it (and only it) in place in training mode
-        return F.batch_norm(x, self.running_mean[t], self.running_var[t], w, b,
-                            self.training and not self.frozen_stats, self.momentum, self.eps)
+        return F.batch_norm(x, self.running_mean[t], self.running_var[t], w, b, use_batch, factor, self.eps)
 
 
 def set_task(module: nn.Module, task: int) -> None:

@@ -200,7 +200,8 @@ def test_state_dict_round_trip(stream, tmp_path):
 @pytest.mark.parametrize("field,value", [
     ("resolution", (0, 4)), ("resolution", (4,)), ("resolution", (4, -1)), ("resolution", "4x4"),
     ("resolution", (True, 4)), ("resolution", (4.0, 4)), ("bn_stats", "batch"), ("bn_affine", "shared"),
-    ("head_lr", 0.0), ("lr", -1.0), ("fused", 1), ("exclude_depthwise", "yes"),
+    ("head_lr", 0.0), ("lr", -1.0), ("fused", 1), ("exclude_depthwise", "yes"), ("bn_momentum", 0.0),
+    ("bn_momentum", 2.0),
 ])
 def test_awm_config_validation(field, value):
     with pytest.raises(ValueError, match=rf"AWMConfig\.{field} must"):
@@ -209,6 +210,7 @@ def test_awm_config_validation(field, value):
 
 @pytest.mark.parametrize("field,value", [
     ("mask_init", 1e-3), ("threshold", -1.0), ("bn_stats", "x"), ("head_lr", -1e-3), ("exclude_first", None),
+    ("bn_momentum", -0.1),
 ])
 def test_piggyback_config_validation(field, value):
     with pytest.raises(ValueError, match=rf"PiggybackConfig\.{field} must"):
@@ -223,3 +225,13 @@ def test_methods_refuse_other_models_and_scenarios(stream):
         with pytest.raises(ValueError, match="does not support the 'class' scenario"):
             get_method(name).setup(build_task_model(cls_stream), cls_stream)
     assert isinstance(build_task_model(stream), MultiHeadNet)
+
+
+def test_finetune_runs_on_the_task_model(stream):
+    """Methods that train the whole network (fine-tuning, EWC) use the same model through ``model(x)``."""
+    method = get_method("finetune")
+    model = build_task_model(stream)
+    before = model.backbone.stem_conv.weight.detach().clone()
+    model = drive(method, model, stream, iters=1, batch_size=8)
+    assert not torch.equal(model.backbone.stem_conv.weight, before)
+    assert all(torch.isfinite(_eval(model, t)).all() for t in stream.tasks)

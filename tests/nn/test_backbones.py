@@ -110,6 +110,20 @@ def test_task_batchnorm_identity_at_init_and_per_task_statistics(stream):
         TaskBatchNorm2d(bn, num_tasks=0)
 
 
+def test_task_batchnorm_cumulative_statistics_per_task(stream):
+    bn = nn.BatchNorm2d(3, momentum=0.01)
+    tbn = TaskBatchNorm2d(bn, num_tasks=2, momentum=None).train()
+    tbn.task = 1
+    xs = [stream.tasks[0].train.x[:16], stream.tasks[2].train.x[:16]]
+    for x in xs:
+        tbn(x)
+    mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0)
+    torch.testing.assert_close(tbn.running_mean[1], mean)   # the first batch replaced the pretrained statistics
+    assert torch.equal(tbn.running_mean[0], bn.running_mean) and tbn.num_batches_tracked.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="momentum must be in"):
+        TaskBatchNorm2d(bn, num_tasks=2, momentum=1.5)
+
+
 def test_multihead_mixed_task_batch_matches_per_task_batches(stream):
     model = build_task_model(stream, pretrained=True).eval()
     x = torch.cat([stream.tasks[0].test.x[:3], stream.tasks[3].test.x[:3]])
