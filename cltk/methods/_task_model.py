@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from cltk.methods.base import Method, MethodConfig
 from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d
 
-__all__ = ["check_task_model", "task_optimizer", "bn_affine_parameters"]
+__all__ = ["check_task_model", "task_optimizer", "bn_affine_parameters", "recalibrate_bn"]
 
 
 def check_task_model(method: Method, model: nn.Module) -> MultiHeadNet:
@@ -41,3 +41,27 @@ def task_optimizer(config: MethodConfig, allowed: Iterable[Tensor], own: list[Te
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: MultiHeadNet, task: int, x: Tensor, batches: int, batch_size: int = 64) -> None:
+    """Recompute task ``task``'s BatchNorm statistics (every :class:`TaskBatchNorm2d` that tracks them) as the
+    cumulative average over the first ``batches`` minibatches of ``x``, under the task's final weights; only the
+    BatchNorm layers run in training mode (no dropout, no stochastic depth). Other tasks' statistics are untouched."""
+    bns = [m for m in model.backbone.modules() if isinstance(m, TaskBatchNorm2d) and not m.frozen_stats]
+    if not bns or batches < 1 or x.shape[0] == 0:
+        return
+    was = model.training
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.train()
+        m.momentum = None
+        m.num_batches_tracked[task] = 0
+    try:
+        for i in range(min(batches, -(-x.shape[0] // batch_size))):
+            model(x[i * batch_size:(i + 1) * batch_size], task)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was)

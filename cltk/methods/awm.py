@@ -12,14 +12,17 @@ Mapping of a conv weight (out, in, kh, kw), depthwise (out, 1, kh, kw) included:
 M_t is stored as the offset D_t = M_t - 1 (zeros at init) and applied as ``W + W * up(D_t)``, which equals
 ``W * up(M_t)`` mathematically and is exactly W at init (see :mod:`cltk.nn.modulated`).
 
-BatchNorm (``bn_stats``, ``bn_affine``): with ``bn_stats="task"`` (default) every BatchNorm keeps one set of running
-statistics per task, started from the pretrained ones, updated only while that task trains (batch statistics in
-training mode) and used when that task is evaluated; ``"frozen"`` always normalises with the pretrained statistics.
-``bn_affine="frozen"`` (default: only grids and heads train) keeps the pretrained scale and shift; ``"task"`` trains
-one copy per task. ``bn_momentum=None`` (default) makes a task's statistics the cumulative average over its training
-batches (the pretrained statistics are replaced by the first batch); a float is an exponential running average
-started from the pretrained statistics. (EfficientNet-Lite's own momentum, 0.01, leaves a short task's statistics
-mostly ImageNet's, which then disagree with the batch statistics the head was trained under.)
+BatchNorm (``bn_stats``, ``bn_affine``): every BatchNorm becomes a :class:`cltk.nn.backbones.TaskBatchNorm2d`.
+``bn_stats="frozen"`` (default) always normalises with the pretrained statistics, in training too. ``"task"`` keeps
+one set of statistics per task: batch statistics while task t trains, updating task t's running set (``bn_momentum``:
+None = cumulative average, else an exponential factor), and at the end of task t (``after_task``) task t's set is
+recomputed over ``bn_recalibrate`` minibatches of its training data under the final grids, stored, and used whenever
+task t is evaluated; other tasks' sets are never touched. ``bn_affine="frozen"`` (default: only grids and heads
+train) keeps the pretrained scale and shift; ``"task"`` trains one copy per task.
+Why ``"frozen"`` is the default: on the 32x32 MNIST / Fashion-MNIST sequence (:mod:`cltk.streams.image_tasks`, 60
+steps of 32, seed 0) task 0's test accuracy was 0.956 with the pretrained statistics, 0.42 with per-task running
+statistics and no recalibration, and 0.74 with recalibration: at 32x32 the last stages see 1x1 / 2x2 maps, so batch
+statistics over 32 images are noisy, and a row of M_t already rescales each output channel per task.
 
 ``fused`` computes every layer's W_t in one call of :func:`cltk.ops.bicubic_modulate_multi` per forward pass (one
 native call per (device, dtype) instead of one per layer), written into persistent buffers when no gradient is
@@ -36,12 +39,12 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from cltk.methods._task_model import bn_affine_parameters, check_task_model, task_optimizer
+from cltk.methods._task_model import bn_affine_parameters, check_task_model, recalibrate_bn, task_optimizer
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d, convert_layers
 from cltk.nn.modulated import ModulatedConv2d, ModulatedLinear
 from cltk.ops.bicubic import bicubic_modulate_multi
-from cltk.streams.base import Stream
+from cltk.streams.base import Stream, Task
 
 __all__ = ["AWM", "AWMConfig"]
 
@@ -92,6 +95,7 @@ class AWMConfig(MethodConfig):
     """``resolution``: grid (m1, m2) per weight (capped at the weight's 2-D size); ``exclude_first`` /
     ``exclude_depthwise``: leave the stem / the depthwise convs unmodulated; ``bn_stats``: ``"task"`` or
     ``"frozen"``; ``bn_affine``: ``"frozen"`` or ``"task"``; ``bn_momentum``: None (cumulative) or in (0, 1];
+    ``bn_recalibrate``: minibatches that recompute a task's statistics at its end (``bn_stats="task"``; 0: none);
     ``head_lr``: the heads' learning rate (default: ``lr``); ``fused``: one multi-tensor modulation call per forward
     pass; ``align_corners``: as in ``F.interpolate``."""
 
@@ -99,9 +103,10 @@ class AWMConfig(MethodConfig):
     resolution: tuple = (4, 4)
     exclude_first: bool = False
     exclude_depthwise: bool = False
-    bn_stats: str = "task"
+    bn_stats: str = "frozen"
     bn_affine: str = "frozen"
     bn_momentum: Optional[float] = None
+    bn_recalibrate: int = 16
     head_lr: Optional[float] = 1e-3
     fused: bool = True
     align_corners: bool = False
@@ -119,6 +124,7 @@ class AWMConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}.bn_affine must be 'frozen' or 'task', got {self.bn_affine!r}")
         if self.bn_momentum is not None:
             self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
+        self.check_int("bn_recalibrate", 0)
         if self.head_lr is not None:
             self.check_positive("head_lr")
         for name in ("exclude_first", "exclude_depthwise", "fused", "align_corners"):
@@ -165,6 +171,12 @@ class AWM(Method):
 
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return model(x, t)
+
+    def after_task(self, task: Task) -> None:
+        if self.config.bn_stats == "task":   # store statistics that match the task's final weights
+            model = self.model
+            assert isinstance(model, MultiHeadNet)
+            recalibrate_bn(model, task.index, task.train.x, self.config.bn_recalibrate)
 
     def state_dict(self) -> dict:
         return {"task": None if self.task is None else self.task.index, "layers": list(self.layer_names)}

@@ -5,10 +5,9 @@ straight-through estimator (the gradient of the thresholding is taken as the ide
 Paper defaults: masks initialised to 1e-2 with threshold 5e-3 (so every mask starts all ones: the backbone
 itself), Adam with learning rate 1e-4 for the masks and 1e-3 for the classifier. Only task t's masks and head
 train on task t, so earlier tasks are untouched (task-IL). ``exclude_first`` / ``exclude_depthwise`` leave the stem /
-depthwise convs unmasked. BatchNorm as in AWM (:mod:`cltk.methods.awm`): ``bn_stats="task"`` (per-task running
-statistics, the default) or ``"frozen"``; ``bn_affine="frozen"`` (default) or ``"task"``; ``bn_momentum`` (default
-None: cumulative per task); per-task statistics are cltk's default so that Piggyback and AWM see the same
-normalisation.
+depthwise convs unmasked. BatchNorm exactly as in AWM (:mod:`cltk.methods.awm`): ``bn_stats="frozen"`` (default,
+the pretrained statistics) or ``"task"`` (per-task statistics, recalibrated over ``bn_recalibrate`` minibatches at
+the end of each task); ``bn_affine="frozen"`` (default) or ``"task"``; ``bn_momentum``.
 """
 from __future__ import annotations
 
@@ -19,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cltk.methods._task_model import bn_affine_parameters, check_task_model, task_optimizer
+from cltk.methods._task_model import bn_affine_parameters, check_task_model, recalibrate_bn, task_optimizer
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d, convert_layers
-from cltk.streams.base import Stream
+from cltk.streams.base import Stream, Task
 
 __all__ = ["Piggyback", "PiggybackConfig", "MaskedConv2d", "MaskedLinear", "binarize_ste"]
 
@@ -83,8 +82,8 @@ class MaskedLinear(_Masked):
 @dataclass
 class PiggybackConfig(MethodConfig):
     """``lr``: the masks' learning rate; ``head_lr``: the heads'; ``mask_init`` > ``threshold`` >= 0 (an initial
-    mask of all ones); ``exclude_first``, ``exclude_depthwise``, ``bn_stats``, ``bn_affine``, ``bn_momentum``: as in
-    AWM."""
+    mask of all ones); ``exclude_first``, ``exclude_depthwise``, ``bn_stats``, ``bn_affine``, ``bn_momentum``,
+    ``bn_recalibrate``: as in AWM."""
 
     lr: float = 1e-4
     head_lr: Optional[float] = 1e-3
@@ -92,9 +91,10 @@ class PiggybackConfig(MethodConfig):
     threshold: float = 5e-3
     exclude_first: bool = False
     exclude_depthwise: bool = False
-    bn_stats: str = "task"
+    bn_stats: str = "frozen"
     bn_affine: str = "frozen"
     bn_momentum: Optional[float] = None
+    bn_recalibrate: int = 16
 
     def validate(self) -> None:
         super().validate()
@@ -110,6 +110,7 @@ class PiggybackConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}.bn_affine must be 'frozen' or 'task', got {self.bn_affine!r}")
         if self.bn_momentum is not None:
             self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
+        self.check_int("bn_recalibrate", 0)
         for name in ("exclude_first", "exclude_depthwise"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
@@ -145,6 +146,12 @@ class Piggyback(Method):
 
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return model(x, t)
+
+    def after_task(self, task: Task) -> None:
+        if self.config.bn_stats == "task":   # store statistics that match the task's final weights
+            model = self.model
+            assert isinstance(model, MultiHeadNet)
+            recalibrate_bn(model, task.index, task.train.x, self.config.bn_recalibrate)
 
     @torch.no_grad()
     def mask_density(self, task: int) -> float:

@@ -53,19 +53,22 @@ def test_identity_at_init(stream, backbone_outputs, name, config):
 
 
 @pytest.mark.parametrize("name,config", [
-    ("awm", {}), ("awm", {"bn_affine": "task", "exclude_first": True}), ("piggyback", {"lr": 1e-2}),
+    ("awm", {}), ("awm", {"bn_stats": "task", "bn_affine": "task", "exclude_first": True}),
+    ("piggyback", {"lr": 1e-2}), ("piggyback", {"lr": 1e-2, "bn_stats": "task", "bn_momentum": 0.1}),
     ("linear_probe", {}),
-], ids=["awm", "awm-bn-affine", "piggyback", "linear_probe"])
+], ids=["awm", "awm-bn-task", "piggyback", "piggyback-bn-task", "linear_probe"])
 def test_zero_forgetting_is_exact(stream, name, config):
-    """Task 0's eval-mode outputs on its real test images are bit-identical after tasks 1 and 2 are learned."""
+    """Each task's eval-mode outputs on its real test images are bit-identical after later tasks are learned."""
     method = get_method(name, **config)
     snaps = {}
+    after_task = method.after_task
 
-    def on_step(method, model, task, step):
-        if step == ITERS - 1:
-            snaps[task.index] = [_eval(model, stream.tasks[i]) for i in range(task.index + 1)]
+    def snapshot_after_task(task):   # what the loop would evaluate right after the task
+        after_task(task)
+        snaps[task.index] = [_eval(method.model, stream.tasks[i]) for i in range(task.index + 1)]
 
-    model = drive(method, build_task_model(stream), stream, iters=ITERS, batch_size=16, on_step=on_step)
+    method.after_task = snapshot_after_task
+    model = drive(method, build_task_model(stream), stream, iters=ITERS, batch_size=16)
     final = [_eval(model, t) for t in stream.tasks]
     for i in range(3):
         for later in range(i + 1, 3):
@@ -179,12 +182,35 @@ def test_piggyback_masks_are_binary_and_per_task(stream):
     assert torch.equal(m.masks[2].grad, torch.ones_like(m.masks[2]))
 
 
+def test_awm_task_statistics_are_recalibrated_at_the_end_of_the_task(stream):
+    method = AWM(bn_stats="task", bn_recalibrate=2)
+    pretrained = build_task_model(stream).backbone.head_bn.running_mean.clone()
+    stored = {}
+    after_task = method.after_task
+
+    def spy(task):
+        bn = method.model.backbone.head_bn
+        before = bn.running_mean.clone()
+        after_task(task)
+        stored[task.index] = (before, bn.running_mean.clone(), bn.num_batches_tracked.clone())
+
+    method.after_task = spy
+    drive(method, build_task_model(stream), stream, iters=2, batch_size=16)
+    for t in range(3):
+        before, after, count = stored[t]
+        n = len(stream.tasks[t].train)
+        assert count[t] == min(2, -(-n // 64))                  # recomputed from (at most) 2 minibatches of 64
+        assert not torch.equal(after[t], before[t]) and not torch.equal(after[t], pretrained)
+        others = [u for u in range(3) if u != t]
+        assert torch.equal(after[others], before[others])        # no other task's statistics moved
+
+
 def test_state_dict_round_trip(stream, tmp_path):
-    method = AWM(bn_affine="task")
+    method = AWM(bn_affine="task", bn_stats="task")
     model = drive(method, build_task_model(stream), stream, iters=2, batch_size=16)
     torch.save({"model": model.state_dict(), "method": method.state_dict()}, tmp_path / "awm.pt")
     saved = torch.load(tmp_path / "awm.pt", weights_only=True)
-    method2 = AWM(bn_affine="task")
+    method2 = AWM(bn_affine="task", bn_stats="task")
     model2 = method2.setup(build_task_model(stream, seed=5), stream)
     model2.load_state_dict(saved["model"], strict=True)
     method2.load_state_dict(saved["method"])
@@ -201,7 +227,7 @@ def test_state_dict_round_trip(stream, tmp_path):
     ("resolution", (0, 4)), ("resolution", (4,)), ("resolution", (4, -1)), ("resolution", "4x4"),
     ("resolution", (True, 4)), ("resolution", (4.0, 4)), ("bn_stats", "batch"), ("bn_affine", "shared"),
     ("head_lr", 0.0), ("lr", -1.0), ("fused", 1), ("exclude_depthwise", "yes"), ("bn_momentum", 0.0),
-    ("bn_momentum", 2.0),
+    ("bn_momentum", 2.0), ("bn_recalibrate", -1), ("bn_recalibrate", 1.5),
 ])
 def test_awm_config_validation(field, value):
     with pytest.raises(ValueError, match=rf"AWMConfig\.{field} must"):
