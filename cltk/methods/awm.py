@@ -96,7 +96,7 @@ class AWMConfig(MethodConfig):
     ``exclude_depthwise``: leave the stem / the depthwise convs unmodulated; ``bn_stats``: ``"task"`` or
     ``"frozen"``; ``bn_affine``: ``"frozen"`` or ``"task"``; ``bn_momentum``: None (cumulative) or in (0, 1];
     ``bn_recalibrate``: minibatches that recompute a task's statistics at its end (``bn_stats="task"``; 0: none);
-    ``head_lr``: the heads' learning rate (default: ``lr``); ``fused``: one multi-tensor modulation call per forward
+    ``head_lr``: the heads' learning rate (None: ``lr``); ``fused``: one multi-tensor modulation call per forward
     pass; ``align_corners``: as in ``F.interpolate``."""
 
     lr: float = 1e-2
