@@ -143,6 +143,20 @@ def test_awm_covers_regular_and_depthwise_convs_and_clamps_the_grid(stream):
     assert not m2.backbone.stem_conv.weight.requires_grad
 
 
+@pytest.mark.parametrize("name", ["awm", "piggyback"])
+def test_identity_at_init_on_mobilenet_v2(stream, name):
+    torch.manual_seed(0)      # no MobileNetV2 weights offline: the same random initialisation for both
+    reference = build_task_model(stream, backbone="mobilenet_v2").eval()
+    method = get_method(name)
+    torch.manual_seed(0)
+    model = method.setup(build_task_model(stream, backbone="mobilenet_v2"), stream).eval()
+    x = stream.tasks[1].test.x
+    with torch.no_grad():
+        assert torch.equal(method.eval_logits(model, x, torch.full((x.shape[0],), 1)), reference(x, 1))
+    dw = [n for n in method.layer_names if model.backbone.get_submodule(n).groups > 1]
+    assert len(method.layer_names) == 52 and len(dw) == 17      # 52 convs of which 17 depthwise
+
+
 def test_awm_fused_and_per_layer_paths_agree_bit_for_bit(stream):
     outs = {}
     for fused in (True, False):
@@ -205,20 +219,22 @@ def test_awm_task_statistics_are_recalibrated_at_the_end_of_the_task(stream):
         assert torch.equal(after[others], before[others])        # no other task's statistics moved
 
 
-def test_state_dict_round_trip(stream, tmp_path):
-    method = AWM(bn_affine="task", bn_stats="task")
+@pytest.mark.parametrize("name,config", [("awm", {"bn_affine": "task", "bn_stats": "task"}),
+                                         ("piggyback", {"lr": 1e-2, "bn_stats": "task"})], ids=["awm", "piggyback"])
+def test_state_dict_round_trip(stream, tmp_path, name, config):
+    method = get_method(name, **config)
     model = drive(method, build_task_model(stream), stream, iters=2, batch_size=16)
     torch.save({"model": model.state_dict(), "method": method.state_dict()}, tmp_path / "awm.pt")
     saved = torch.load(tmp_path / "awm.pt", weights_only=True)
-    method2 = AWM(bn_affine="task", bn_stats="task")
+    method2 = get_method(name, **config)
     model2 = method2.setup(build_task_model(stream, seed=5), stream)
     model2.load_state_dict(saved["model"], strict=True)
     method2.load_state_dict(saved["method"])
     assert method2.task is stream.tasks[2]
     for t in stream.tasks:
         assert torch.equal(_eval(model2, t), _eval(model, t))
-    with pytest.raises(ValueError, match="saved modulated layers differ"):
-        other = AWM(exclude_first=True)
+    with pytest.raises(ValueError, match="saved (modulated|masked) layers differ"):
+        other = get_method(name, exclude_first=True)
         other.setup(build_task_model(stream), stream)
         other.load_state_dict(saved["method"])
 
