@@ -25,7 +25,7 @@ from tests.methods.conftest import accuracy, drive  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--methods", nargs="+", default=["awm", "linear_probe", "piggyback"])
+    ap.add_argument("--methods", nargs="+", default=["awm", "linear-probe", "piggyback"])
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)

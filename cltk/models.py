@@ -75,9 +75,21 @@ class ConvNet(nn.Module):
         return self.head(self.features(x))
 
 
+def _task_model(backbone: str) -> Callable[..., nn.Module]:
+    def build(stream: Stream, seed: int = 0, **kwargs: Any) -> nn.Module:
+        from cltk.nn.backbones import build_task_model
+        return build_task_model(stream, backbone, seed=seed, **kwargs)
+    build.takes_stream = True   # type: ignore[attr-defined]
+    return build
+
+
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "fully connected, 2 hidden layers of 400 ReLU units (van de Ven & Tolias 2019)"),
     "convnet": (ConvNet, "2 conv layers (32, 64) with max-pooling, 256 hidden units"),
+    "efficientnet-lite0": (_task_model("efficientnet_lite0"),
+                           "EfficientNet-Lite0 with its ImageNet weights and one head per task (3-channel images)"),
+    "mobilenet-v2": (_task_model("mobilenet_v2"),
+                     "MobileNetV2 with one head per task; weights from weights_path=... (none ship offline)"),
 }
 
 
@@ -89,6 +101,8 @@ def build_model(name: str, stream: Stream, seed: Optional[int] = None, **kwargs:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     cls = MODELS[name][0]
+    if getattr(cls, "takes_stream", False):
+        return cls(stream, seed=0 if seed is None else seed, **kwargs)
     if seed is None:
         return cls(stream.input_shape, stream.n_outputs, **kwargs)
     with torch.random.fork_rng(devices=[]):

@@ -24,7 +24,7 @@ class LinearProbeConfig(MethodConfig):
 
 @register
 class LinearProbe(Method):
-    name = "linear_probe"
+    name = "linear-probe"
     description = "frozen pretrained backbone, one trained linear head per task"
     paper = "-"
     scenarios = ("task",)

@@ -73,9 +73,25 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
+# Fixed task sequences built by their own module: name -> ("module:function", description). The function takes
+# (scenario, seed, **kwargs) and returns a Stream; it is imported on first use.
+NAMED_STREAMS: dict[str, tuple[str, str]] = {
+    "mnist5k-fmnist-halves": ("cltk.streams.image_tasks:make_image_task_stream",
+                              "MNIST-5k 0-4, 5-9, Fashion-MNIST 0-4, 5-9 as 32x32 RGB images (the AWM sequence)"),
+}
+
+
 def describe_benchmarks() -> list[tuple[str, str]]:
-    """``(pattern, one-line description)`` per benchmark family; ``<dataset>`` is any ``cltk.data`` name."""
-    return list(BENCHMARKS.items())
+    """``(pattern, one-line description)`` per benchmark family and named stream; ``<dataset>`` is any
+    ``cltk.data`` name."""
+    return list(BENCHMARKS.items()) + [(name, desc) for name, (_, desc) in NAMED_STREAMS.items()]
+
+
+def _make_named_stream(benchmark: str, scenario: str, seed: int, kwargs: dict) -> Stream:
+    import importlib
+
+    module, _, func = NAMED_STREAMS[benchmark][0].partition(":")
+    return getattr(importlib.import_module(module), func)(scenario, seed, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------- validation
@@ -108,7 +124,7 @@ def _parse_benchmark(benchmark: object) -> tuple[str, list[str]]:
             if all(names):
                 return family, names
     raise ValueError(f"make_stream: benchmark must match one of {families} (<dataset>: a cltk.data name such as "
-                     f"mnist5k or fashion-mnist), got {benchmark!r}")
+                     f"mnist5k or fashion-mnist) or be one of {', '.join(NAMED_STREAMS)}, got {benchmark!r}")
 
 
 # ------------------------------------------------------------------------------------------------------ index draws
@@ -300,6 +316,15 @@ def make_stream(benchmark: str, scenario: str, seed: int = 0, *, n_tasks: Option
         ValueError naming the argument for bad arguments; :class:`cltk.data.DatasetNotFoundError` (a ValueError)
         for a data set that is unknown or not installed.
     """
+    if isinstance(benchmark, str) and benchmark in NAMED_STREAMS:
+        given = dict(n_tasks=n_tasks, classes_per_task=classes_per_task, partition=partition, angles=angles,
+                     train_per_task=train_per_task, test_per_task=test_per_task, image_size=image_size)
+        kwargs = {k: v for k, v in given.items() if v is not None}
+        if val_fraction != 0.1:
+            kwargs["val_fraction"] = val_fraction
+        if shuffle_classes:
+            kwargs["shuffle_classes"] = shuffle_classes
+        return _make_named_stream(benchmark, scenario, seed, kwargs)
     family, names = _parse_benchmark(benchmark)
     if scenario not in SCENARIOS:
         raise ValueError(f"make_stream: scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")

@@ -42,8 +42,8 @@ def _eval(model, task):
 
 @pytest.mark.parametrize("name,config", [
     ("awm", {}), ("awm", {"fused": False}), ("awm", {"bn_affine": "task", "resolution": (8, 2)}),
-    ("piggyback", {}), ("linear_probe", {}),
-], ids=["awm", "awm-unfused", "awm-bn-affine", "piggyback", "linear_probe"])
+    ("piggyback", {}), ("linear-probe", {}),
+], ids=["awm", "awm-unfused", "awm-bn-affine", "piggyback", "linear-probe"])
 def test_identity_at_init(stream, backbone_outputs, name, config):
     method = get_method(name, **config)
     model = method.setup(build_task_model(stream), stream).eval()
@@ -55,8 +55,8 @@ def test_identity_at_init(stream, backbone_outputs, name, config):
 @pytest.mark.parametrize("name,config", [
     ("awm", {}), ("awm", {"bn_stats": "task", "bn_affine": "task", "exclude_first": True}),
     ("piggyback", {"lr": 1e-2}), ("piggyback", {"lr": 1e-2, "bn_stats": "task", "bn_momentum": 0.1}),
-    ("linear_probe", {}),
-], ids=["awm", "awm-bn-task", "piggyback", "piggyback-bn-task", "linear_probe"])
+    ("linear-probe", {}),
+], ids=["awm", "awm-bn-task", "piggyback", "piggyback-bn-task", "linear-probe"])
 def test_zero_forgetting_is_exact(stream, name, config):
     """Each task's eval-mode outputs on its real test images are bit-identical after later tasks are learned."""
     method = get_method(name, **config)
@@ -75,7 +75,7 @@ def test_zero_forgetting_is_exact(stream, name, config):
             assert torch.equal(snaps[later][i], snaps[i][i]), (i, later)
         assert torch.equal(final[i], snaps[i][i])
     # the tasks did train: each task's outputs moved away from the untrained model's
-    fresh = method.setup(build_task_model(stream), stream) if name == "linear_probe" else None
+    fresh = method.setup(build_task_model(stream), stream) if name == "linear-probe" else None
     if fresh is not None:
         assert not torch.equal(_eval(fresh, stream.tasks[1]), final[1])
     if name == "awm":
@@ -263,7 +263,7 @@ def test_methods_refuse_other_models_and_scenarios(stream):
     with pytest.raises(TypeError, match="needs a cltk.nn.backbones.MultiHeadNet"):
         AWM().setup(nn.Linear(3, 3), stream)
     cls_stream = make_image_task_stream("class", seed=0, image_size=32, train_per_task=10, test_per_task=10)
-    for name in ("awm", "piggyback", "linear_probe"):
+    for name in ("awm", "piggyback", "linear-probe"):
         with pytest.raises(ValueError, match="does not support the 'class' scenario"):
             get_method(name).setup(build_task_model(cls_stream), cls_stream)
     assert isinstance(build_task_model(stream), MultiHeadNet)
