@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cltk.checkpoint import checkpoint_name, load_checkpoint
+from cltk.cli import main
 from cltk.loop import run
 from cltk.methods import available_methods
 from cltk.methods.base import get_method
@@ -277,7 +278,7 @@ def test_sigkill_and_resume_equals_uninterrupted(name, tmp_path):
         pytest.skip(f"method {name!r} is not registered in this checkout")
     rng = random.Random(zlib.crc32(name.encode()))
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    finish(cli_args(name, ref_out))
+    assert main(cli_args(name, ref_out)) == 0                 # the uninterrupted run, in this process
     args = cli_args(name, out) + ["--checkpoint-every", str(CLI_EVERY)]
     ckdir = out / "checkpoints" / f"{name}-{scenario_of(name)}-seed1"
     writes_per_task = (CLI_ITERS - 1) // CLI_EVERY + 1
