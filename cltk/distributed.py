@@ -17,9 +17,20 @@ term every rank computes on the same replay draw, as every rank's global torch R
 averaged gradient equals the single-process gradient of the global batch, so the results equal one process with
 the same global batch up to the rounding of the sum (fp32).
 
-A method whose state is computed from the data a rank sees (for example a Fisher information estimated on a
-shard) calls :func:`all_reduce_mean` on it so that every rank holds the same state. :func:`all_reduce_mean` is a
-no-op in a single process, so methods call it unconditionally.
+``method.loss`` receives the rank's shard of the batch. A method whose state is computed from the data a rank sees
+keeps it identical on every rank with these helpers (all no-ops in a single process, so methods call them
+unconditionally):
+
+* :func:`all_reduce_mean` for an estimate averaged over the data (for example a Fisher information computed on
+  each rank's part of the data);
+* :func:`all_gather_cat` for what the whole global batch contributes (for example the examples a replay buffer
+  stores after each step: the rank-order concatenation of the shards *is* the global batch);
+* :func:`shard_of` for the rank's part of something drawn identically on every rank (for example a replay batch
+  drawn for the global batch size, so that the replayed examples split over the ranks like the current ones).
+
+Hooks that only read the parameters or the gradients (penalties, gradient masks, projections) need nothing: the
+parameters and the averaged gradients are the same on every rank. Per-sample statistics of a forward pass (for
+example BatchNorm's running statistics) are per rank.
 """
 from __future__ import annotations
 
@@ -30,7 +41,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_mean", "all_reduce_gradients",
-           "broadcast_object", "broadcast_module", "shard", "init_from_env", "destroy"]
+           "all_gather_cat", "broadcast_object", "broadcast_module", "shard", "shard_of", "init_from_env", "destroy"]
 
 
 def is_distributed() -> bool:
@@ -100,6 +111,21 @@ def all_reduce_gradients(params: Iterable[Tensor]) -> None:
             else:
                 p.grad.copy_(g)
         offset += n
+
+
+def all_gather_cat(x: Tensor) -> Tensor:
+    """The rank-order concatenation along dim 0 of every rank's ``x`` (equal shapes), on every rank; ``x`` itself
+    in a single process. For a batch shard this is the global batch."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def shard_of(x: Tensor) -> Tensor:
+    """This rank's contiguous part (along dim 0) of ``x``, which every rank holds identically."""
+    return x[shard(int(x.shape[0]))] if is_distributed() else x
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -30,6 +30,7 @@ def test_single_process_helpers_are_identities():
     assert dist.all_reduce_mean(x) is x and x.tolist() == [1.0, 2.0]
     assert dist.shard(6) == slice(0, 6)
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
+    assert dist.all_gather_cat(x) is x and dist.shard_of(x) is x
 
 
 def _free_port():
@@ -53,7 +54,9 @@ def _helpers_worker(rank, port, out):
         loss.backward()
         dist.all_reduce_gradients([lin.weight, lin.bias, extra])
         state = dist.all_reduce_mean(torch.full((2,), float(rank + 1)))
-        torch.save({"w": lin.weight.grad, "b": lin.bias.grad, "extra": extra.grad, "state": state,
+        gathered = dist.all_gather_cat(part)
+        mine = dist.shard_of(torch.arange(6))
+        torch.save({"gathered": gathered, "mine": mine,"w": lin.weight.grad, "b": lin.bias.grad, "extra": extra.grad, "state": state,
                     "shard": (dist.shard(8).start, dist.shard(8).stop)}, os.path.join(out, f"{rank}.pt"))
     finally:
         dist.destroy()
@@ -72,6 +75,8 @@ def test_helpers_in_two_gloo_processes(tmp_path):
         torch.testing.assert_close(got["b"], lin.bias.grad)
         torch.testing.assert_close(got["extra"], torch.full((2,), 1.5))   # 3 on one rank of two
         assert got["state"].tolist() == [1.5, 1.5]
+        assert torch.equal(got["gathered"], x)            # the shards in rank order are the global batch
+        assert got["mine"].tolist() == [3 * r, 3 * r + 1, 3 * r + 2]
 
 
 def test_shard_needs_a_divisible_batch(monkeypatch):
