@@ -154,3 +154,31 @@ def test_a_batch_not_divisible_by_the_processes_is_refused(tmp_path):
     p = subprocess.run([sys.executable, "-m", "cltk", *cli_args("finetune", tmp_path), "--batch-size", "15",
                         "--nproc", "2"], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "--batch-size 15 must be divisible by the number of processes 2" in p.stderr
+
+
+def test_two_processes_killed_and_resumed_equal_uninterrupted(tmp_path):
+    import signal
+    import time
+
+    args = cli_args("finetune", tmp_path / "x")[:-2] + ["--checkpoint-every", "3", "--nproc", "2"]
+    with_out = lambda out: [a if a != str(tmp_path / "x") else str(out) for a in args]   # noqa: E731
+    launch([sys.executable, "-m", "cltk", *with_out(tmp_path / "ref")])
+    ckdir = tmp_path / "killed" / "checkpoints" / "finetune-class-seed1"
+    p = subprocess.Popen([sys.executable, "-m", "cltk", *with_out(tmp_path / "killed")], env=env(), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.monotonic()
+    while not (ckdir.is_dir() and any(ckdir.iterdir())) and p.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGKILL)             # the launcher and both ranks
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    left = sorted(f.name for f in ckdir.iterdir() if f.name.endswith(".pt"))
+    assert left and left[-1] != checkpoint_name(N_TASKS, 0)
+    launch([sys.executable, "-m", "cltk", *with_out(tmp_path / "killed"), "--resume"])
+    runs = []
+    for out in ("ref", "killed"):
+        with open(tmp_path / out / "results.json", encoding="utf-8") as f:
+            r = json.load(f)["runs"][0]
+        runs.append((r["R"], r["b"], r["readout"]))
+    assert runs[0] == runs[1]
