@@ -56,7 +56,8 @@ def _helpers_worker(rank, port, out):
         state = dist.all_reduce_mean(torch.full((2,), float(rank + 1)))
         gathered = dist.all_gather_cat(part)
         mine = dist.shard_of(torch.arange(6))
-        torch.save({"gathered": gathered, "mine": mine,"w": lin.weight.grad, "b": lin.bias.grad, "extra": extra.grad, "state": state,
+        torch.save({"gathered": gathered, "mine": mine, "w": lin.weight.grad, "b": lin.bias.grad,
+                    "extra": extra.grad, "state": state,
                     "shard": (dist.shard(8).start, dist.shard(8).stop)}, os.path.join(out, f"{rank}.pt"))
     finally:
         dist.destroy()
