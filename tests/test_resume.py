@@ -236,16 +236,18 @@ def ckpt_files(d):
     return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
-def external_kill(args, ckdir, delay):
-    """Start the command, wait for its first checkpoint (of this attempt), sleep ``delay`` s, SIGKILL it."""
+def external_kill(args, ckdir, target, delay):
+    """Start the command, wait until it has written a checkpoint named ``target`` or later (any new one when
+    ``target`` is None), sleep ``delay`` s, SIGKILL it."""
     before = set(ckpt_files(ckdir))
     p = subprocess.Popen([sys.executable, "-m", "cltk", *args], env=env(), cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     t0 = time.monotonic()
     while p.poll() is None and time.monotonic() - t0 < 120:
-        if set(ckpt_files(ckdir)) - before:
+        new = set(ckpt_files(ckdir)) - before
+        if new and (target is None or max(new) >= target):
             break
-        time.sleep(0.005)
+        time.sleep(0.002)
     time.sleep(delay)
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=60)
@@ -283,8 +285,9 @@ def test_sigkill_and_resume_equals_uninterrupted(name, tmp_path):
     ckdir = out / "checkpoints" / f"{name}-{scenario_of(name)}-seed1"
     writes_per_task = (CLI_ITERS - 1) // CLI_EVERY + 1
     seen = []
-    # 1. the first attempt, killed from outside a random while after its first checkpoint
-    assert external_kill(args, ckdir, rng.uniform(0.0, 0.4)) == -signal.SIGKILL
+    # 1. the first attempt, killed from outside a random while (up to 50 ms) after a random checkpoint of task 0
+    target = checkpoint_name(0, CLI_EVERY * rng.randint(1, writes_per_task - 1))
+    assert external_kill(args, ckdir, target, rng.uniform(0.0, 0.05)) == -signal.SIGKILL
     seen.append(ckpt_files(ckdir)[-1])
     # 2. killed in the middle of writing a checkpoint (the torn temporary file stays behind)
     assert injected_kill(args + ["--resume"], "write", rng.randint(2, writes_per_task)) == -signal.SIGKILL
@@ -294,7 +297,7 @@ def test_sigkill_and_resume_equals_uninterrupted(name, tmp_path):
     assert injected_kill(args + ["--resume"], "eval", rng.randint(1, 2)) == -signal.SIGKILL
     seen.append(ckpt_files(ckdir)[-1])
     # 4. from outside again
-    code = external_kill(args + ["--resume"], ckdir, rng.uniform(0.0, 0.4))
+    code = external_kill(args + ["--resume"], ckdir, None, rng.uniform(0.0, 0.05))
     seen.append(ckpt_files(ckdir)[-1])
     # resume until it finishes
     finish(args + ["--resume"])
