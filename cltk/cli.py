@@ -239,10 +239,11 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     """Validate everything, then run every (scenario, seed, method), writing results after each run."""
     import torch
 
+    from cltk import distributed as dist
     from cltk.loop import run
     from cltk.methods import method_class
     from cltk.models import MODELS, build_model
-    from cltk.results import aggregate, write_csv, write_json
+    from cltk.results import aggregate, safe_name, write_csv, write_json
     from cltk.streams.base import SCENARIOS
     from cltk.streams.builders import make_stream
 
@@ -272,6 +273,13 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     for key, item in pairs:
         if not any(key in {f.name for f in dataclasses.fields(c.Config)} for c in classes.values()):
             raise CLIError(f"--set {item}: no selected method has a config field {key!r}")
+    if args.checkpoint_every < 0:
+        raise CLIError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    if args.keep_checkpoints < 1:
+        raise CLIError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
+    checkpointing = bool(args.checkpoint_every or args.resume)
+    if checkpointing and not out:
+        raise CLIError("--checkpoint-every and --resume need --out (the checkpoints live under it)")
     if args.threads is not None:
         if args.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {args.threads}")
@@ -279,17 +287,21 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available in this torch build or machine")
+    if dist.world_size() > 1 and batch_size % dist.world_size():
+        raise CLIError(f"--batch-size {batch_size} must be divisible by the number of processes {dist.world_size()}")
     # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
     first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
+    main = dist.is_main()
+    say = print if main else (lambda *a, **k: None)
 
     total = len(scenarios) * len(seeds) * len(methods)
     runs = []
     done = 0
     t0 = time.perf_counter()
-    if out:
+    if out and main:
         os.makedirs(out, exist_ok=True)
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
-                stream_kwargs=stream_kwargs, device=str(device), torch=torch.__version__,
+                stream_kwargs=stream_kwargs, device=str(device), torch=torch.__version__, processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     for sc in scenarios:
         for seed in seeds:
@@ -297,21 +309,25 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
             for m in methods:
                 method = classes[m](configs[m])
                 net = build_model(model, stream, seed=seed)
+                ckpt_dir = (os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing
+                            else None)
                 r = run(method, net, stream, iters_per_task=iters, batch_size=batch_size, seed=seed, device=device,
-                        readout=not args.no_readout, progress=not args.no_progress)
+                        readout=not args.no_readout, progress=not args.no_progress, checkpoint_dir=ckpt_dir,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume,
+                        keep_checkpoints=args.keep_checkpoints)
                 r.model = model
                 runs.append(r)
                 done += 1
                 s = r.summary()
-                print(f"[{done}/{total}] {sc}-IL {m} seed {seed}: ACC {s['acc']:.3f}  BWT {s['bwt']:+.3f}  "
+                say(f"[{done}/{total}] {sc}-IL {m} seed {seed}: ACC {s['acc']:.3f}  BWT {s['bwt']:+.3f}  "
                       f"({s['time_s']:.1f} s)", flush=True)
-                if out:
+                if out and main:
                     write_json(os.path.join(out, "results.json"), runs, meta)
                     write_csv(os.path.join(out, "results.csv"), runs)
-    print()
-    print(format_table(aggregate(runs)))
-    print(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
-    if out:
+    say()
+    say(format_table(aggregate(runs)))
+    say(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
+    if out and main:
         from cltk.plots import plot_all
         paths = plot_all(runs, out)
         figures = ", ".join(os.path.basename(p) for p in paths)
@@ -366,6 +382,16 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--no-readout", dest="no_readout", action="store_true", help="skip the linear-readout probe")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0, metavar="N",
+                   help="checkpoint every N steps within a task (and after every task) under OUT/checkpoints/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue every run from its newest checkpoint under OUT/checkpoints/ (finished runs are "
+                        "read back from their last checkpoint)")
+    p.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int, default=2, metavar="K",
+                   help="keep the newest K checkpoints of each run (default 2)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (gloo on the CPU, nccl on CUDA); "
+                        "the same as torchrun --nproc_per_node N -m cltk ...")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,11 +432,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _free_port() -> int:
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, nproc: int, port: int, argv: list[str]) -> None:
+    """One process of ``--nproc N``: torchrun's environment, then the same command."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    rc = main(argv)
+    if rc:
+        sys.exit(rc)
+
+
+def _spawn(argv: list[str], nproc: int) -> int:
+    import torch.multiprocessing as mp
+    try:
+        mp.spawn(_worker, args=(nproc, _free_port(), argv), nprocs=nproc, join=True)
+    except mp.ProcessExitedException as e:
+        print(f"cltk: error: process {e.error_index} of {nproc} exited with status {e.exit_code}", file=sys.stderr)
+        return 2
+    except mp.ProcessRaisedException as e:
+        print(f"cltk: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """``args.func``, inside a process group when launched as several processes."""
+    from cltk import distributed as dist
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return int(args.func(args) or 0)
+    device = dist.init_from_env(getattr(args, "device", "cpu"))
+    if device is not None and hasattr(args, "device"):
+        args.device = str(device)
     try:
         return int(args.func(args) or 0)
+    finally:
+        dist.destroy()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        print(f"cltk: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        return 2
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _spawn(argv, nproc)
+    try:
+        return _run_command(args)
     except KeyboardInterrupt:
         print("cltk: interrupted", file=sys.stderr)
         return 130

@@ -20,8 +20,17 @@ Determinism: ``seed`` seeds the global torch RNG (for anything a method draws) a
 replacement, by ``torch.randint``, as in the drive of ``tests/methods/conftest.py``), so the same seed, method,
 model initialisation and stream give the same numbers.
 
-Everything a resumed run would need (next task, step, generator state, the partial ``R``, ``b``, readout and
-timings) lives in one :class:`RunState`.
+Checkpoints (``checkpoint_dir``): one after every task and every ``checkpoint_every`` steps within a task,
+written atomically by :mod:`cltk.checkpoint`, holding the :class:`RunState` (next task, step, minibatch generator,
+the partial ``R``, ``b``, readout and timings), the model, the (wrapped) optimizer's and the method's
+``state_dict``, and the global RNG states (torch CPU and CUDA, python ``random``, numpy). ``resume=True``
+continues from the newest one that loads; the result equals the uninterrupted run's (timings aside). On resuming
+within a task the loop calls ``before_task``, builds and wraps the task's optimizer and calls ``training_data``
+as at the task's start, then loads the optimizer's and the method's state (so ``Method.load_state_dict`` must
+restore the state at the step whatever ``before_task`` set), then the RNG states.
+
+Under torch.distributed (see :mod:`cltk.distributed`) each rank trains on its shard of every global minibatch and
+the gradients are averaged after ``backward``; rank 0 evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -55,6 +64,7 @@ class RunState:
     task_time_s: list[float] = field(default_factory=list)
     task_peak_rss_mb: list[float] = field(default_factory=list)
     task_peak_cuda_mb: list[float] = field(default_factory=list)
+    task_elapsed_s: float = 0.0       # wall time spent on the current task before the latest checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------- measurement
@@ -101,6 +111,9 @@ class _TaskMeter:
             torch.cuda.reset_peak_memory_stats(device)
         self.device = device
         self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
 
     def stop(self) -> tuple[float, float, float]:
         cuda_mb = 0.0
@@ -167,11 +180,100 @@ def _readout_row(model: nn.Module, stream: Stream, upto: int, device: torch.devi
     return row
 
 
+# ----------------------------------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_FORMAT = 1
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG a run may draw from: torch CPU (and CUDA), python ``random`` and numpy's global generator."""
+    import random
+
+    import numpy as np
+
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    out = {"torch": torch.get_rng_state(), "python": random.getstate(),
+           "numpy": {"name": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
+                     "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _fingerprint(method: Method, model_name: str, stream: Stream, iters_per_task: int, batch_size: int,
+                 seed: int) -> str:
+    """What must match for a checkpoint to continue this run (method, config, stream, schedule, seed)."""
+    import json
+    doc = {"method": method.name, "config": vars(method.config), "model": model_name, "stream": stream.name,
+           "scenario": stream.scenario, "tasks": [t.name for t in stream.tasks], "iters_per_task": iters_per_task,
+           "batch_size": batch_size, "seed": seed}
+    return json.dumps(doc, sort_keys=True, default=repr)
+
+
+class _Checkpointer:
+    """Writes (rank 0 only) and finds the checkpoints of one run in one folder, keeping the newest ``keep``."""
+
+    def __init__(self, directory: Union[str, os.PathLike], keep: int) -> None:
+        from pathlib import Path
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def files(self) -> list:
+        from cltk.checkpoint import _NAME
+        if not self.dir.is_dir():
+            return []
+        return sorted(p for p in self.dir.iterdir() if _NAME.match(p.name))
+
+    def clear_temporaries(self) -> None:
+        """Remove the temporary files a writer killed mid-write left behind."""
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if p.name.startswith(".ckpt-") and p.name.endswith(".tmp"):
+                    p.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Start afresh: remove every checkpoint (a new run must not resume or keep an older run's files)."""
+        self.clear_temporaries()
+        for p in self.files():
+            p.unlink(missing_ok=True)
+
+    def save(self, state: dict, task: int, step: int) -> None:
+        from cltk.checkpoint import checkpoint_name, save_checkpoint
+        path = save_checkpoint(state, self.dir / checkpoint_name(task, step))
+        for old in self.files()[:-self.keep]:
+            if old != path:
+                old.unlink(missing_ok=True)
+
+    def latest(self) -> Optional[tuple]:
+        from cltk.checkpoint import latest_checkpoint
+        return latest_checkpoint(self.dir)
+
+
 # ------------------------------------------------------------------------------------------------------------ run
+
+def _check_int(name: str, v: object, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"run: {name} must be an integer >= {minimum}, got {v!r}")
+
 
 def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream, *, iters_per_task: int = 2000,
         batch_size: int = 128, eval_batch_size: int = 1000, seed: int = 0, device: Union[str, torch.device] = "cpu",
-        readout: bool = True, progress: bool = True) -> RunResult:
+        readout: bool = True, progress: bool = True, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+        checkpoint_every: int = 0, resume: bool = False, keep_checkpoints: int = 2) -> RunResult:
     """Train ``model`` on every task of ``stream`` through ``method``'s hooks, evaluating every task after every task.
 
     Args:
@@ -180,12 +282,20 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
             initialised from ``seed``).
         stream: the task stream (see :func:`cltk.streams.make_stream`).
         iters_per_task: optimizer steps per task (2000 as in van de Ven & Tolias 2019).
-        batch_size: training minibatch size (capped at the size of the training data).
+        batch_size: training minibatch size (capped at the size of the training data); under torch.distributed
+            the global batch, split evenly over the ranks (see :mod:`cltk.distributed`).
         eval_batch_size: evaluation batch size (memory only; results do not depend on it).
         seed: seeds the global torch RNG and the minibatch generator.
         device: where the model and each minibatch go; the stream stays on the CPU.
         readout: also fit the linear readout (needs ``model.features``; skipped silently otherwise).
         progress: show a tqdm bar over the training steps (on stderr).
+        checkpoint_dir: write checkpoints to this folder: after every task, and every ``checkpoint_every`` steps
+            within a task. Without ``resume`` the folder's earlier checkpoints are removed first.
+        checkpoint_every: steps between checkpoints within a task (0: only after each task).
+        resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (start afresh if there is none).
+            The result is identical to an uninterrupted run (timings aside). A checkpoint of another run (other
+            method, config, stream, schedule or seed) is refused with ``ValueError``.
+        keep_checkpoints: how many of the newest checkpoints to keep (older ones are deleted after each write).
 
     Returns:
         A :class:`~cltk.results.RunResult` with the accuracy matrix ``R``, the random-init accuracies ``b``, the
@@ -193,13 +303,16 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
     """
     from tqdm.auto import tqdm
 
-    if isinstance(iters_per_task, bool) or not isinstance(iters_per_task, int) or iters_per_task < 0:
-        raise ValueError(f"run: iters_per_task must be an integer >= 0, got {iters_per_task!r}")
-    for name, v in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"run: {name} must be an integer >= 1, got {v!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"run: seed must be an integer >= 0, got {seed!r}")
+    from cltk import distributed as dist
+
+    _check_int("iters_per_task", iters_per_task, 0)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("eval_batch_size", eval_batch_size, 1)
+    _check_int("seed", seed, 0)
+    _check_int("checkpoint_every", checkpoint_every, 0)
+    _check_int("keep_checkpoints", keep_checkpoints, 1)
+    if resume and checkpoint_dir is None:
+        raise ValueError("run: resume=True needs a checkpoint_dir")
     if len(stream.tasks) == 0:
         raise ValueError(f"run: stream {stream.name!r} has no tasks")
     device = torch.device(device)
@@ -209,35 +322,91 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
     if isinstance(model, str):
         from cltk.models import build_model
         model = build_model(model, stream, seed=seed)
+    main = dist.is_main()
+    ckpt = _Checkpointer(checkpoint_dir, keep_checkpoints) if checkpoint_dir is not None else None
+    fingerprint = _fingerprint(method, model_name, stream, iters_per_task, batch_size, seed)
 
     torch.manual_seed(seed)
     state = RunState(generator=torch.Generator().manual_seed(seed).get_state())
     model = method.setup(model.to(device), stream).to(device)
-    state.b = [evaluate_task(method, model, task, max(task.index - 1, 0), device, eval_batch_size)
-               for task in stream.tasks]
+    dist.broadcast_module(model)
     do_readout = readout and _has_features(model)
 
-    bar = tqdm(total=iters_per_task * len(stream.tasks), disable=not progress, leave=False, dynamic_ncols=True,
+    def evaluate(fn):        # rank 0 evaluates; every rank gets its numbers
+        return dist.broadcast_object(fn() if main else None)
+
+    loaded = None
+    if ckpt is not None:
+        if main:
+            if resume:
+                ckpt.clear_temporaries()
+                found = ckpt.latest()
+                loaded = str(found[0]) if found is not None else None
+            else:
+                ckpt.clear()
+        loaded = dist.broadcast_object(loaded)
+    opt = None
+    x = y = t = None
+    if loaded is not None:
+        from cltk.checkpoint import load_checkpoint
+        ck = load_checkpoint(loaded)
+        if ck.get("fingerprint") != fingerprint:
+            raise ValueError(f"run: checkpoint {loaded!r} belongs to another run (method, config, stream, schedule "
+                             f"or seed differ); remove it or resume with the same settings")
+        model.load_state_dict(ck["model"])
+        method.load_state_dict(ck["method"])
+        s = ck["state"]
+        state = RunState(task=int(s["task"]), step=int(s["step"]), generator=s["generator"], R=s["R"], b=s["b"],
+                         readout=s["readout"], task_time_s=s["task_time_s"], task_peak_rss_mb=s["task_peak_rss_mb"],
+                         task_peak_cuda_mb=s["task_peak_cuda_mb"], task_elapsed_s=float(s["task_elapsed_s"]))
+        if state.step > 0:       # within a task: rebuild its optimizer and data as at its start, then load
+            task = stream.tasks[state.task]
+            method.before_task(task)
+            opt = method.wrap_optimizer(method.make_optimizer(model.parameters()))
+            x, y, t = method.training_data(task)
+            opt.load_state_dict(ck["optimizer"])
+            method.load_state_dict(ck["method"])   # the state at the step, whatever before_task set
+        set_rng_state(ck["rng"], device)
+        del ck
+    else:
+        state.b = evaluate(lambda: [evaluate_task(method, model, task, max(task.index - 1, 0), device,
+                                                  eval_batch_size) for task in stream.tasks])
+
+    def save() -> None:
+        if ckpt is None or not main:
+            return
+        ckpt.save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "state": vars(state).copy(),
+                   "model": model.state_dict(), "optimizer": opt.state_dict() if opt is not None else None,
+                   "method": method.state_dict(), "rng": rng_state(device)}, state.task, state.step)
+
+    bar = tqdm(total=iters_per_task * len(stream.tasks), initial=state.task * iters_per_task + state.step,
+               disable=not (progress and main), leave=False, dynamic_ncols=True,
                desc=f"{method.name} {stream.name} {stream.scenario}-IL seed {seed}")
     try:
         while state.task < len(stream.tasks):
             task = stream.tasks[state.task]
             meter = _TaskMeter(device)
-            method.before_task(task)
-            opt = method.wrap_optimizer(method.make_optimizer(model.parameters()))
-            x, y, t = method.training_data(task)
+            if opt is None:
+                method.before_task(task)
+                opt = method.wrap_optimizer(method.make_optimizer(model.parameters()))
+                x, y, t = method.training_data(task)
             n = int(y.shape[0])
             if n == 0 and iters_per_task > 0:
                 raise ValueError(f"run: task {task.index} ({task.name}) has no training data")
+            bs = min(batch_size, n)
+            mine = dist.shard(bs) if dist.is_distributed() else slice(None)
+            synced = list({id(p): p for p in [*model.parameters(),
+                                              *(p for grp in opt.param_groups for p in grp["params"])]}.values())
             g = torch.Generator()
             g.set_state(state.generator)
             model.train()
             while state.step < iters_per_task:
-                idx = torch.randint(0, n, (min(batch_size, n),), generator=g)
+                idx = torch.randint(0, n, (bs,), generator=g)[mine]
                 batch = Batch(x[idx].to(device), y[idx].to(device), t[idx].to(device))
                 loss = method.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                dist.all_reduce_gradients(synced)
                 method.after_backward(model)
                 opt.step()
                 method.after_step(model)
@@ -245,19 +414,28 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
                 bar.update(1)
                 if state.step % 50 == 0:
                     bar.set_postfix(task=task.index, loss=f"{loss.item():.3f}", refresh=False)
+                if checkpoint_every and state.step % checkpoint_every == 0 and state.step < iters_per_task:
+                    state.generator = g.get_state()
+                    state.task_elapsed_s += meter.elapsed()
+                    meter.t0 = time.perf_counter()
+                    save()
             state.generator = g.get_state()
             method.after_task(task)
-            state.R.append([evaluate_task(method, model, other, task.index, device, eval_batch_size)
-                            for other in stream.tasks])
+            state.R.append(evaluate(lambda: [evaluate_task(method, model, other, task.index, device, eval_batch_size)
+                                             for other in stream.tasks]))
             if do_readout:
-                state.readout.append(_readout_row(model, stream, task.index, device, eval_batch_size))
+                state.readout.append(evaluate(lambda: _readout_row(model, stream, task.index, device,
+                                                                   eval_batch_size)))
             seconds, rss_mb, cuda_mb = meter.stop()
-            state.task_time_s.append(seconds)
+            state.task_time_s.append(state.task_elapsed_s + seconds)
             state.task_peak_rss_mb.append(rss_mb)
             state.task_peak_cuda_mb.append(cuda_mb)
-            state.task, state.step = state.task + 1, 0
+            state.task, state.step, state.task_elapsed_s = state.task + 1, 0, 0.0
+            opt = None
+            save()
     finally:
         bar.close()
+    dist.barrier()
 
     config = {k: v for k, v in vars(method.config).items()}
     return RunResult(method=method.name, benchmark=stream.name, scenario=stream.scenario, seed=seed,

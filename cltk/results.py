@@ -1,7 +1,8 @@
 """Run results and their files: ``results.json`` (everything) and ``results.csv`` (one row per run).
 
-Every file is written atomically: to a temporary file in the same folder, flushed and fsynced, then moved over the
-target with ``os.replace``, so a reader never sees a half-written file and an interrupted run leaves the old one.
+Every file is written atomically by :func:`cltk.checkpoint.atomic_write`: to a temporary file in the same folder,
+flushed and fsynced, then moved over the target with ``os.replace``, so a reader never sees a half-written file and
+an interrupted run leaves the old one.
 """
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from cltk import metrics
+from cltk.checkpoint import atomic_write_bytes
 
 __all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", "read_json", "aggregate",
            "CSV_COLUMNS", "METRICS"]
@@ -107,22 +107,9 @@ def _jsonable(x: Any) -> Any:
 
 
 def atomic_write(path: str, data: "str | bytes") -> str:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically with :func:`cltk.checkpoint.atomic_write` (temp file in the same
+    folder, fsync, ``os.replace``, fsync of the folder)."""
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 
