@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "trainable_parameters",
-           "per_sample_grad_moment", "all_reduce_mean_", "detached_copy", "check_like"]
+           "per_sample_grad_moment", "rank_shard", "all_reduce_mean_", "detached_copy", "check_like"]
 
 # (coefficient c_k, importances w_k, anchors a_k)
 QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
@@ -99,6 +99,13 @@ def quadratic_penalty_ref(params: Sequence[Tensor], terms: Sequence[QuadraticTer
         for p, w, a in zip(params, weights, anchors):
             total = total + coef * (w * (p - a) ** 2).sum()
     return total
+
+
+def rank_shard() -> slice:
+    """The slice of a data set this rank handles under ``torch.distributed`` (every sample when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return slice(None)
+    return slice(dist.get_rank(), None, dist.get_world_size())
 
 
 def all_reduce_mean_(tensors: list[Tensor]) -> list[Tensor]:

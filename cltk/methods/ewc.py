@@ -15,7 +15,8 @@ The Fisher is estimated in :meth:`after_task` from per-sample gradients on the t
 class-IL: every unit seen so far; domain-IL: the shared head). ``fisher`` selects the label each sample's
 log-likelihood uses: ``"true"`` draws it from the model's predictive distribution (the Fisher information itself, as
 in Kirkpatrick et al.), ``"empirical"`` uses the true label, ``"predicted"`` the model's most likely label (van de Ven &
-Tolias 2019). Under ``torch.distributed`` the Fisher is averaged over the ranks before it is stored.
+Tolias 2019). Under ``torch.distributed`` every rank estimates it on its own share of the samples (every world_size-th) and the
+ranks' estimates are averaged (one all-reduce) before it is stored.
 
 Default strengths: Kirkpatrick et al. give no value for split MNIST; the defaults are van de Ven & Tolias's task-IL
 split-MNIST values (GMvandeVen/continual-learning, ``param_values.py`` of the 2019 "Three scenarios" code):
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cltk.methods._penalty import (QuadraticRegularizer, all_reduce_mean_, detached_copy, per_sample_grad_moment,
-                                   trainable_parameters)
+                                   rank_shard, trainable_parameters)
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.streams.base import Task
 
@@ -89,7 +90,9 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
     if n_samples is not None and n_samples < y.shape[0]:
         idx = torch.randperm(y.shape[0], generator=gen)[:n_samples]
         x, y = x[idx], y[idx]
-    x, y = x.to(device), y.to(device)
+    # Each rank takes every world_size-th sample; the all-reduce below averages the ranks' means.
+    shard = rank_shard()
+    x, y = x[shard].to(device), y[shard].to(device)
     t = torch.full_like(y, task.index)
     mask = method.active_mask(t, upto=task.index)
     if labels != "empirical":

@@ -7,7 +7,7 @@ After each task, for every training sample x_n of the task,
 (accumulated over tasks), with ``F`` the logits the scenario allows for the task (task-IL: its own head; class-IL:
 every unit seen so far; domain-IL: the shared head). No label is needed. The penalty is
 ``lambda_ * sum_i Omega_i (theta_i - theta*_i)^2`` with ``theta*`` the parameters at the end of the latest task.
-Under ``torch.distributed`` Omega is averaged over the ranks before it is added.
+Under ``torch.distributed`` every rank uses its share of the samples and the ranks' Omegas are averaged.
 
 Default ``lambda_ = 1`` as in the paper's experiments (Aljundi et al. 2018, sec. 5).
 """
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cltk.methods._penalty import (QuadraticRegularizer, all_reduce_mean_, detached_copy, per_sample_grad_moment,
-                                   trainable_parameters)
+                                   rank_shard, trainable_parameters)
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.streams.base import Task
 
@@ -68,7 +68,7 @@ class MAS(QuadraticRegularizer, Method):
         if c.samples is not None and c.samples < x.shape[0]:
             gen = torch.Generator().manual_seed(c.seed * 1_000_003 + task.index)
             x = x[torch.randperm(x.shape[0], generator=gen)[:c.samples]]
-        x = x.to(device)
+        x = x[rank_shard()].to(device)
         mask = self.active_mask(torch.full((x.shape[0],), task.index, dtype=torch.long, device=device),
                                 upto=task.index)
 
