@@ -9,7 +9,9 @@ every unit seen so far; domain-IL: the shared head). No label is needed. The pen
 ``lambda_ * sum_i Omega_i (theta_i - theta*_i)^2`` with ``theta*`` the parameters at the end of the latest task.
 Under ``torch.distributed`` every rank uses its share of the samples and the ranks' Omegas are averaged.
 
-Default ``lambda_ = 1`` as in the paper's experiments (Aljundi et al. 2018, sec. 5).
+Default ``lambda_ = 1``, the authors' value for object recognition (rahafaljundi/MAS-Memory-Aware-Synapses,
+``MAS.py``: "In object recognition it was set to 1"). The importance follows the paper's per-sample definition; the
+authors' code can also take the gradient of a whole minibatch's norm (``b1=False``).
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ and the penalty is ``c * sum_i Omega_i (theta_i - theta_i(end))^2``. The clamp a
 (``tf.nn.relu`` on omega in ganguli-lab/pathint): a negative path integral comes from gradient noise, and it keeps
 the penalty a convex pull.
 
-Defaults c = 1, xi = 1e-3 are the paper's split-MNIST values (Zenke et al. 2017, sec. 5). van de Ven & Tolias 2019
+Defaults c = 1, xi = 1e-3 are the authors' split-MNIST values (ganguli-lab/pathint, ``fig_split_mnist`` notebook:
+``PATH_INT_PROTOCOL(omega_decay='sum', xi=1e-3)``, ``cvals = [0, 1.0]``, Adam lr 1e-3). van de Ven & Tolias 2019
 used xi = 0.1 and, on split MNIST, c = 50 (task-IL), 500 (domain-IL), 0.5 (class-IL) (GMvandeVen/continual-learning,
 ``param_values.py`` of the 2019 code).
 """
