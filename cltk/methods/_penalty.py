@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "trainable_parameters",
-           "per_sample_grad_moment", "rank_shard", "all_reduce_mean_", "detached_copy", "check_like"]
+           "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
 
 # (coefficient c_k, importances w_k, anchors a_k)
 QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
@@ -32,6 +32,11 @@ QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
 def trainable_parameters(model: nn.Module) -> list[Tensor]:
     """The parameters a penalty acts on: those with ``requires_grad``, in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The wrapped module of a ``DistributedDataParallel`` (its forward would join collectives per sample)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def detached_copy(tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -132,6 +137,7 @@ def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor],
     importance. Returns float32 tensors shaped like the trainable parameters. The model is put in eval mode for the
     pass and restored afterwards; its parameters and gradients are left untouched.
     """
+    model = unwrap_ddp(model)
     params = trainable_parameters(model)
     out = [torch.zeros_like(p) for p in params]
     n = int(inputs[0].shape[0])

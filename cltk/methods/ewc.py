@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cltk.methods._penalty import (QuadraticRegularizer, all_reduce_mean_, detached_copy, per_sample_grad_moment,
-                                   rank_shard, trainable_parameters)
+                                   rank_shard, trainable_parameters, unwrap_ddp)
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.streams.base import Task
 
@@ -84,7 +84,8 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
     """
     if labels not in FISHER_LABELS:
         raise ValueError(f"estimate_fisher: labels must be one of {FISHER_LABELS}, got {labels!r}")
-    device = next(iter(trainable_parameters(model))).device
+    model = unwrap_ddp(model)
+    device = trainable_parameters(model)[0].device
     gen = torch.Generator().manual_seed(seed * 1_000_003 + task.index)
     x, y = task.train.x, task.train.y
     if n_samples is not None and n_samples < y.shape[0]:
