@@ -66,8 +66,8 @@ class _QuadraticPenalty(torch.autograd.Function):
             torch._foreach_mul_(wdiff, coef)
             # c w d^2 is >= 0 elementwise (importances are non-negative), so the L1 norm of each tensor is its sum:
             # one reduction per parameter tensor inside a single foreach call.
-            sq = torch._foreach_mul(wdiff, diff)
-            total = total + torch.stack(torch._foreach_norm(sq, 1)).sum()
+            torch._foreach_mul_(diff, wdiff)
+            total = total + torch.stack(torch._foreach_norm(diff, 1)).sum()
             if grad_half is None:
                 grad_half = wdiff
             else:
@@ -88,6 +88,8 @@ def quadratic_penalty(params: Sequence[Tensor], terms: Sequence[QuadraticTerm]) 
     tensor per parameter (same shape, dtype and device), importances ``w_k >= 0`` and anchors ``a_k``. Returns
     ``None`` when there is no term (nothing consolidated yet). Nothing is modified in place.
     """
+    if any(t[0] < 0 for t in terms):
+        raise ValueError(f"quadratic_penalty: coefficients must be >= 0, got {[t[0] for t in terms]}")
     terms = [t for t in terms if t[0] != 0.0]
     if not terms or not params:
         return None
