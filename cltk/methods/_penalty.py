@@ -1,0 +1,238 @@
+"""Shared machinery of the parameter-regularisation methods (EWC, online EWC, SI, MAS).
+
+Every one of them adds a weighted quadratic pull towards anchor parameters,
+
+    penalty(theta) = sum_k c_k * sum_i w_{k,i} (theta_i - a_{k,i})^2,
+
+with one term ``k`` per stored task (EWC) or a single running term (online EWC, SI, MAS). Importances ``w`` and
+anchors ``a`` are lists of tensors, one per trainable parameter, in ``model.parameters()`` order.
+:func:`quadratic_penalty` evaluates the value and its gradient over all parameters at once with ``torch._foreach_*``
+kernels (one launch per term and operation, not one per parameter); :func:`quadratic_penalty_ref` is the same sum as
+a plain per-parameter loop, the test oracle.
+
+Importances built from per-sample gradients (the diagonal Fisher of EWC, the output-norm sensitivity of MAS) come
+from :func:`per_sample_grad_moment`, which uses ``torch.func.vmap`` over chunks of samples and falls back to a loop of
+single-sample backward passes for models ``vmap`` cannot trace.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "trainable_parameters",
+           "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
+
+# (coefficient c_k, importances w_k, anchors a_k)
+QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
+
+
+def trainable_parameters(model: nn.Module) -> list[Tensor]:
+    """The parameters a penalty acts on: those with ``requires_grad``, in ``model.parameters()`` order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The wrapped module of a ``DistributedDataParallel`` (its forward would join collectives per sample)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def detached_copy(tensors: Sequence[Tensor]) -> list[Tensor]:
+    return [t.detach().clone() for t in tensors]
+
+
+def check_like(what: str, tensors: Sequence[Tensor], params: Sequence[Tensor]) -> None:
+    """Raise ``ValueError`` unless ``tensors`` has one tensor per parameter with the parameter's shape."""
+    if len(tensors) != len(params):
+        raise ValueError(f"{what}: expected {len(params)} tensors (one per trainable parameter), got {len(tensors)}")
+    for i, (t, p) in enumerate(zip(tensors, params)):
+        if t.shape != p.shape:
+            raise ValueError(f"{what}[{i}]: expected shape {tuple(p.shape)}, got {tuple(t.shape)}")
+
+
+class _QuadraticPenalty(torch.autograd.Function):
+    """sum_k c_k sum_i w_ki (theta_i - a_ki)^2 over lists; backward 2 sum_k c_k w_k (theta - a_k)."""
+
+    @staticmethod
+    def forward(ctx, terms: Sequence[QuadraticTerm], *params: Tensor) -> Tensor:
+        params = [p.detach() for p in params]
+        total = params[0].new_zeros(())
+        grad_half: Optional[list[Tensor]] = None          # sum_k c_k w_k (theta - a_k)
+        for coef, weights, anchors in terms:
+            diff = torch._foreach_sub(params, anchors)
+            wdiff = torch._foreach_mul(diff, weights)
+            torch._foreach_mul_(wdiff, coef)
+            # c w d^2 is >= 0 elementwise (importances are non-negative), so the L1 norm of each tensor is its sum:
+            # one reduction per parameter tensor inside a single foreach call.
+            torch._foreach_mul_(diff, wdiff)
+            total = total + torch.stack(torch._foreach_norm(diff, 1)).sum()
+            if grad_half is None:
+                grad_half = wdiff
+            else:
+                torch._foreach_add_(grad_half, wdiff)
+        ctx.save_for_backward(*grad_half)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grads = torch._foreach_mul(list(ctx.saved_tensors), 2.0 * grad_out)
+        return (None, *grads)
+
+
+def quadratic_penalty(params: Sequence[Tensor], terms: Sequence[QuadraticTerm]) -> Optional[Tensor]:
+    """``sum_k c_k sum_i w_ki (theta_i - a_ki)^2`` as a 0-d tensor differentiable w.r.t. ``params``.
+
+    ``params``: the trainable parameters (any shapes); each term holds a float ``c_k >= 0`` and two lists with one
+    tensor per parameter (same shape, dtype and device), importances ``w_k >= 0`` and anchors ``a_k``. Returns
+    ``None`` when there is no term (nothing consolidated yet). Nothing is modified in place.
+    """
+    if any(t[0] < 0 for t in terms):
+        raise ValueError(f"quadratic_penalty: coefficients must be >= 0, got {[t[0] for t in terms]}")
+    terms = [t for t in terms if t[0] != 0.0]
+    if not terms or not params:
+        return None
+    return _QuadraticPenalty.apply(terms, *params)
+
+
+def quadratic_penalty_ref(params: Sequence[Tensor], terms: Sequence[QuadraticTerm]) -> Optional[Tensor]:
+    """Plain autograd reference of :func:`quadratic_penalty`: a Python loop over terms and parameters."""
+    terms = [t for t in terms if t[0] != 0.0]
+    if not terms or not params:
+        return None
+    total = 0.0
+    for coef, weights, anchors in terms:
+        for p, w, a in zip(params, weights, anchors):
+            total = total + coef * (w * (p - a) ** 2).sum()
+    return total
+
+
+def rank_shard() -> slice:
+    """The slice of a data set this rank handles under ``torch.distributed`` (every sample when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return slice(None)
+    return slice(dist.get_rank(), None, dist.get_world_size())
+
+
+def all_reduce_mean_(tensors: list[Tensor]) -> list[Tensor]:
+    """Average ``tensors`` in place across the ranks of ``torch.distributed`` (a no-op when it is not initialised).
+
+    The tensors travel as one flat buffer, so there is one collective per call, not one per tensor.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    torch._foreach_copy_(tensors, [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)])
+    return tensors
+
+
+def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor], inputs: Sequence[Tensor],
+                           power: int, chunk_size: int = 256) -> list[Tensor]:
+    """Mean over samples of ``|d sample_loss_n / d theta|^power`` for every trainable parameter.
+
+    ``inputs``: tensors whose first dimension indexes the N samples; sample n is fed as
+    ``sample_loss(model(x_n[None]), *rest_n[None])`` where ``x_n`` is its row of ``inputs[0]`` and ``sample_loss``
+    returns a scalar. ``power=2`` with a log-likelihood gives the diagonal Fisher; ``power=1`` gives MAS's
+    importance. Returns float32 tensors shaped like the trainable parameters. The model is put in eval mode for the
+    pass and restored afterwards; its parameters and gradients are left untouched.
+    """
+    model = unwrap_ddp(model)
+    params = trainable_parameters(model)
+    out = [torch.zeros_like(p) for p in params]
+    n = int(inputs[0].shape[0])
+    if n == 0:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            _moment_vmap(model, sample_loss, inputs, power, chunk_size, out)
+        except (RuntimeError, NotImplementedError):
+            # Some modules (in-place ops on inputs, data-dependent control flow) cannot be vmapped.
+            for t in out:
+                t.zero_()
+            _moment_loop(model, sample_loss, inputs, power, out)
+    finally:
+        model.train(was_training)
+    torch._foreach_div_(out, float(n))
+    return out
+
+
+def _moment_vmap(model, sample_loss, inputs, power, chunk_size, out) -> None:
+    from torch.func import functional_call, grad, vmap
+
+    named = [(k, v) for k, v in model.named_parameters() if v.requires_grad]
+    names = [k for k, _ in named]
+    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+    frozen.update(dict(model.named_buffers()))
+
+    def loss_one(theta: dict, *row: Tensor) -> Tensor:
+        logits = functional_call(model, {**frozen, **theta}, (row[0].unsqueeze(0),))
+        return sample_loss(logits, *(r.unsqueeze(0) for r in row[1:]))
+
+    theta = {k: v.detach() for k, v in named}
+    per_sample = vmap(grad(loss_one), in_dims=(None,) + (0,) * len(inputs))
+    n = int(inputs[0].shape[0])
+    for s in range(0, n, chunk_size):
+        g = per_sample(theta, *(t[s:s + chunk_size] for t in inputs))
+        gl = [g[k] for k in names]
+        moments = torch._foreach_abs(gl) if power == 1 else torch._foreach_mul(gl, gl)
+        torch._foreach_add_(out, [m.sum(0) for m in moments])
+
+
+def _moment_loop(model, sample_loss, inputs, power, out) -> None:
+    params = trainable_parameters(model)
+    for i in range(int(inputs[0].shape[0])):
+        row = [t[i:i + 1] for t in inputs]
+        g = torch.autograd.grad(sample_loss(model(row[0]), *row[1:]), params, allow_unused=True)
+        g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)]
+        torch._foreach_add_(out, torch._foreach_abs(g) if power == 1 else torch._foreach_mul(g, g))
+
+
+class QuadraticRegularizer:
+    """Mixin for :class:`~cltk.methods.base.Method` subclasses whose penalty is a sum of quadratic terms.
+
+    Keeps ``importances`` and ``anchors`` (lists of terms, each a list of tensors, one per trainable parameter) and
+    a coefficient per term from :meth:`term_coefficients`; :meth:`penalty` is :func:`quadratic_penalty` over them
+    (``None`` until the first term is stored). State round-trips through ``state_dict`` as tensors and floats.
+    """
+
+    importances: list[list[Tensor]]
+    anchors: list[list[Tensor]]
+
+    def _init_terms(self) -> None:
+        self.importances, self.anchors = [], []
+
+    def term_coefficients(self) -> list[float]:
+        raise NotImplementedError
+
+    def penalty_terms(self) -> list[QuadraticTerm]:
+        return list(zip(self.term_coefficients(), self.importances, self.anchors))
+
+    def penalty(self, model: nn.Module) -> Optional[Tensor]:
+        if not self.importances:
+            return None
+        return quadratic_penalty(trainable_parameters(model), self.penalty_terms())
+
+    def _terms_state(self) -> dict:
+        return {"importances": [detached_copy(w) for w in self.importances],
+                "anchors": [detached_copy(a) for a in self.anchors]}
+
+    def _load_terms_state(self, state: dict) -> None:
+        imps, anchors = state["importances"], state["anchors"]
+        if len(imps) != len(anchors):
+            raise ValueError(f"state: {len(imps)} importance terms but {len(anchors)} anchor terms")
+        model = getattr(self, "model", None)
+        if model is not None:
+            params = trainable_parameters(model)
+            for k, (w, a) in enumerate(zip(imps, anchors)):
+                check_like(f"state['importances'][{k}]", w, params)
+                check_like(f"state['anchors'][{k}]", a, params)
+            dev = [p.device for p in params]
+            imps = [[t.to(d) for t, d in zip(w, dev)] for w in imps]
+            anchors = [[t.to(d) for t, d in zip(a, dev)] for a in anchors]
+        self.importances = [detached_copy(w) for w in imps]
+        self.anchors = [detached_copy(a) for a in anchors]
