@@ -137,6 +137,21 @@ def _parse_stream_kwargs(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--model-arg key=value``: a keyword argument of the model's constructor (JSON value, else a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--model-arg expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def _csv_list(text: Optional[str], what: str) -> list[str]:
     items = [s.strip() for s in (text or "").split(",") if s.strip()]
     if not items:
@@ -291,6 +306,12 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         raise CLIError(f"--batch-size {batch_size} must be divisible by the number of processes {dist.world_size()}")
     # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
     first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
+    model_kwargs = _parse_model_kwargs(getattr(args, "model_arg", None) or [])
+    if model_kwargs:
+        try:
+            build_model(model, next(iter(first.values())), seed=seeds[0], **model_kwargs)
+        except TypeError as e:
+            raise CLIError(f"--model-arg: model {model!r} does not take these arguments ({e})") from None
     main = dist.is_main()
     say = print if main else (lambda *a, **k: None)
 
@@ -301,14 +322,15 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     if out and main:
         os.makedirs(out, exist_ok=True)
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
-                stream_kwargs=stream_kwargs, device=str(device), torch=torch.__version__, processes=dist.world_size(),
+                stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
+                processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     for sc in scenarios:
         for seed in seeds:
             stream = first.pop(sc) if seed == seeds[0] else make_stream(benchmark, sc, seed, **stream_kwargs)
             for m in methods:
                 method = classes[m](configs[m])
-                net = build_model(model, stream, seed=seed)
+                net = build_model(model, stream, seed=seed, **model_kwargs)
                 ckpt_dir = (os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing
                             else None)
                 r = run(method, net, stream, iters_per_task=iters, batch_size=batch_size, seed=seed, device=device,
@@ -378,6 +400,8 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
                    help="method config override, parsed with the field's type (repeatable), e.g. --set lr=0.01")
     p.add_argument("--stream", action="append", default=[], metavar="KEY=VALUE",
                    help="make_stream argument (JSON value), e.g. --stream train_per_task=500 (repeatable)")
+    p.add_argument("--model-arg", dest="model_arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="model constructor argument (JSON value), e.g. --model-arg weights_path=mbv2.pth (repeatable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--no-readout", dest="no_readout", action="store_true", help="skip the linear-readout probe")

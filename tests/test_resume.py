@@ -22,6 +22,7 @@ import torch
 from cltk.checkpoint import checkpoint_name, load_checkpoint
 from cltk.cli import main
 from cltk.loop import run
+from cltk.models import build_model
 from cltk.methods import available_methods
 from cltk.methods.base import get_method
 from cltk.methods.finetune import Finetune
@@ -82,6 +83,10 @@ KW = dict(iters_per_task=30, batch_size=16, progress=False, seed=1)
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_resume_after_interruptions_equals_uninterrupted_in_process(name, tmp_path):
     sc = scenario_of(name)
+    try:   # methods built for their own model (a pretrained backbone, a text encoder) are covered in processes
+        get_method(name).setup(build_model("mlp", tiny_stream(sc)), tiny_stream(sc))
+    except (TypeError, ValueError) as e:
+        pytest.skip(f"{name} does not train the MLP: {e}")
     ref = run(name, "mlp", tiny_stream(sc), **KW)
     # killed mid-task (7), just after a checkpoint (12), in the second and third tasks, and again after resuming
     got = interrupted_runs(lambda: get_method(name), lambda: tiny_stream(sc), [7, 12, 23, 41, 5], tmp_path,
@@ -183,11 +188,20 @@ CLI_ITERS = 40
 CLI_EVERY = 3
 
 
+def data_args(name):
+    # awm modulates a pretrained EfficientNet-Lite0 on its own 4-task image sequence (stochastic depth off: its
+# per-sample draws differ between a sharded and a whole batch); the others train an MLP
+    if name == "awm":
+        return ["--benchmark", "mnist5k-fmnist-halves", "--model", "efficientnet-lite0",
+                "--model-arg", "drop_connect_rate=0", "--stream", "train_per_task=48",
+                "--stream", "test_per_task=24"]
+    return ["--benchmark", "split-mnist5k", "--stream", "n_tasks=3", "--stream", "classes_per_task=2",
+            "--stream", "train_per_task=200", "--stream", "test_per_task=100", "--stream", "image_size=14"]
+
+
 def cli_args(name, out):
-    return ["run", "--method", name, "--benchmark", "split-mnist5k", "--scenario", scenario_of(name),
-            "--seeds", "1", "--iters", str(CLI_ITERS), "--batch-size", "16", "--threads", "1", "--no-progress",
-            "--stream", "n_tasks=3", "--stream", "classes_per_task=2", "--stream", "train_per_task=200",
-            "--stream", "test_per_task=100", "--stream", "image_size=14", "--out", str(out)]
+    return ["run", "--method", name, *data_args(name), "--scenario", scenario_of(name), "--seeds", "1",
+            "--iters", str(CLI_ITERS), "--batch-size", "16", "--threads", "1", "--no-progress", "--out", str(out)]
 
 
 def env():

@@ -6,10 +6,11 @@ slot drawn uniformly from ``0..n`` when the draw falls inside the buffer, so aft
 is present with probability ``size / N``. It stores ``x``, ``y``, ``t`` (the task index) and, optionally, the
 logits the model gave the example when it was stored (DER++).
 
-Distributed training: the buffer is per process. Under ``torch.distributed`` each rank keeps its own reservoir
-of the examples it sees (its shard of the stream) and replays from it; nothing is gathered across ranks, so with
-``W`` ranks the method holds ``W * size`` examples in all. Give each rank its own ``seed`` (for example
-``seed + rank``) so the ranks do not make the same draws.
+Distributed training. ``er`` keeps one global buffer: every rank adds the gathered global batch and, with the same
+seed, makes the same draws, then trains on its shard of the replay minibatch, so a run with W processes equals one
+process with the same global batch. ``agem``, ``derpp`` and ``icarl`` keep a buffer per process: each rank
+stores the examples of its own shard and replays from it, so with ``W`` ranks they hold ``W * size`` examples
+in all and do not reproduce a one-process run; give each rank its own ``seed`` (for example ``seed + rank``).
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ Every step trains on the current minibatch concatenated with a minibatch drawn f
 earlier examples; the step's own examples then enter the reservoir. Each replayed example keeps its task index,
 so :meth:`Method.task_loss` applies the right output mask per scenario (its own task's units in task-IL, every
 unit seen so far in class-IL).
+
+Under ``torch.distributed`` the memory is global (see :mod:`cltk.methods._replay_buffer`): the replay minibatch
+is sized from the global batch (``replay_batch_size``, when set, counts globally), drawn identically on every
+rank, and each rank trains on its contiguous share; the global batch is gathered into every rank's memory.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from cltk import distributed as dist
 from cltk.methods._replay_buffer import ReplayConfig, ReservoirBuffer
 from cltk.methods.base import Batch, Method, register
 from cltk.streams.base import Stream
@@ -41,11 +46,16 @@ class ER(Method):
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         c = self.config
         x, y, t = batch
-        mem = self.buffer.sample(c.replay_size(int(y.shape[0])), balanced=c.balanced)
+        w = dist.world_size()
+        mem = self.buffer.sample(c.replay_size(int(y.shape[0]) * w), balanced=c.balanced)
         if mem is not None:
-            x = torch.cat([x, mem.x.to(x.device, x.dtype)])
-            y = torch.cat([y, mem.y.to(y.device)])
-            t = torch.cat([t, mem.t.to(t.device)])
+            mx, my, mt = mem.x, mem.y, mem.t
+            if dist.is_distributed():   # every rank drew the same examples: keep this rank's share
+                n = (int(my.shape[0]) // w) * w
+                mx, my, mt = (dist.shard_of(v[:n]) for v in (mx, my, mt))
+            x = torch.cat([x, mx.to(x.device, x.dtype)])
+            y = torch.cat([y, my.to(y.device)])
+            t = torch.cat([t, mt.to(t.device)])
         self._pending = batch
         loss = self.task_loss(self.forward(model, x, t), y, t)
         pen = self.penalty(model)
@@ -54,7 +64,10 @@ class ER(Method):
     def after_step(self, model: nn.Module) -> None:
         # the step's examples join the memory after the update, so a step never replays its own batch
         if self._pending is not None:
-            self.buffer.add(*self._pending)
+            x, y, t = self._pending
+            if dist.is_distributed():
+                x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
+            self.buffer.add(x, y, t)
             self._pending = None
 
     def state_dict(self) -> dict:

@@ -91,12 +91,11 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
     if n_samples is not None and n_samples < y.shape[0]:
         idx = torch.randperm(y.shape[0], generator=gen)[:n_samples]
         x, y = x[idx], y[idx]
-    # Each rank takes every world_size-th sample; the all-reduce below averages the ranks' means.
-    shard = rank_shard()
-    x, y = x[shard].to(device), y[shard].to(device)
+    x, y = x.to(device), y.to(device)
     t = torch.full_like(y, task.index)
     mask = method.active_mask(t, upto=task.index)
     if labels != "empirical":
+        # the labels are drawn for every sample on every rank, so a distributed run draws what one process draws
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -108,11 +107,18 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
         else:
             probs = torch.softmax(logits.float(), 1).cpu()
             y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(device)
+    # Each rank takes every world_size-th sample; its mean is weighted by its share of the samples before the
+    # all-reduce averages the ranks, so the result is the mean over all samples.
+    n_total = int(y.shape[0])
+    shard = rank_shard()
+    x, y, mask = x[shard], y[shard], mask[shard]
 
     def nll(logits: Tensor, m: Tensor, label: Tensor) -> Tensor:
         return F.cross_entropy(logits.masked_fill(~m, float("-inf")), label)
 
     fisher = per_sample_grad_moment(model, nll, (x, mask, y), power=2, chunk_size=chunk_size)
+    if shard.step is not None and n_total:      # distributed: shard = slice(rank, None, world_size)
+        torch._foreach_mul_(fisher, int(y.shape[0]) * shard.step / n_total)
     return all_reduce_mean_(fisher)
 
 
