@@ -21,7 +21,7 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t, co
               t.device());
 }
 
-// x [N, F]; h, c [L, N, H]; w_ih0 [4H, F]; w_ih [L-1, 4H, H]; w_hh [L, 4H, H]; b [L, 4H]; w_out [H];
+// x [N, F]; h, c [L, H, N]; w_ih0 [4H, F]; w_ih [L-1, 4H, H]; w_hh [L, 4H, H]; b [L, 4H]; w_out [H];
 // b_out, scale: one element, scale finite; multiply [N] or None.
 inline Dims check_args(const char* op, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
                        const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
@@ -30,10 +30,10 @@ inline Dims check_args(const char* op, const at::Tensor& x, const at::Tensor& h,
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D (N, F), got shape ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
               ": x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(h.dim() == 3, op, ": h must be 3-D (L, N, H), got shape ", h.sizes());
+  TORCH_CHECK(h.dim() == 3, op, ": h must be 3-D (L, H, N), got shape ", h.sizes());
   TORCH_CHECK(c.sizes() == h.sizes(), op, ": c must have the shape of h ", h.sizes(), ", got ", c.sizes());
-  const int64_t N = x.size(0), F = x.size(1), L = h.size(0), H = h.size(2);
-  TORCH_CHECK(h.size(1) == N, op, ": h.size(1) must equal the number of rows x.size(0) (= ", N, "), got h ",
+  const int64_t N = x.size(0), F = x.size(1), L = h.size(0), H = h.size(1);
+  TORCH_CHECK(h.size(2) == N, op, ": h.size(2) must equal the number of rows x.size(0) (= ", N, "), got h ",
               h.sizes());
   TORCH_CHECK(L >= 1 && H >= 1, op, ": h must have at least one layer and one hidden unit, got shape ", h.sizes());
   TORCH_CHECK(F >= 1, op, ": x must have at least one feature, got shape ", x.sizes());

@@ -44,10 +44,51 @@ constexpr int64_t kR = kNV * Vec<T>::size();
 
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
+// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is at::vec's exp_u20
+// (a degree-5 polynomial, about 20 ulp) and the division a 14-bit reciprocal refined by one Newton step: the
+// accurate library exp/tanh and vdivps would cost as much as all the gate FMAs. Relative error of sigmoid
+// stays near 1e-6 (checked against the fp32 reference in tests/ops/test_metalstm.py). fp64 uses exact exp and
+// division.
+template <typename T>
+inline Vec<T> recip(const Vec<T>& d) {
+  return Vec<T>(T(1)) / d;
+}
+
+template <typename T>
+inline Vec<T> exp_fast(const Vec<T>& x) {
+  return x.exp();
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> recip<float>(const Vec<float>& d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> recip<float>(const Vec<float>& d) {
+  const __m256 r = _mm256_rcp_ps(d);
+  return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> exp_fast<float>(const Vec<float>& x) {
+  return x.exp_u20();
+}
+#endif
+
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {
-  const Vec<T> one(T(1));
-  return one / (one + (Vec<T>(T(0)) - x).exp());
+  // exp_u20 clamps its argument to the finite range, so 1 + exp(-x) stays finite for the Newton step of recip.
+  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
+}
+
+template <typename T>
+inline Vec<T> tanh_fast(const Vec<T>& x) {
+  return at::vec::fmsub(Vec<T>(T(2)), sigmoid<T>(x + x), Vec<T>(T(1)));
 }
 
 template <typename T>
@@ -104,9 +145,9 @@ void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const 
     accumulate_gates<T>(a, n.wh(l), H, H, u, hT);
     for (int v = 0; v < kNV; ++v) {
       const int64_t o = u * R + v * V;
-      const Vec<T> i = sigmoid<T>(a[0][v]), f = sigmoid<T>(a[1][v]), g = a[2][v].tanh(), og = sigmoid<T>(a[3][v]);
+      const Vec<T> i = sigmoid<T>(a[0][v]), f = sigmoid<T>(a[1][v]), g = tanh_fast<T>(a[2][v]), og = sigmoid<T>(a[3][v]);
       const Vec<T> cn = at::vec::fmadd(f, Vec<T>::loadu(cT + o), i * g);
-      const Vec<T> tc = cn.tanh();
+      const Vec<T> tc = tanh_fast<T>(cn);
       cn.store(cnT + o);
       (og * tc).store(hnT + o);
       if (gates != nullptr) {
@@ -134,6 +175,22 @@ void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
   }
 }
 
+// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded.
+template <typename T>
+void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT) {
+  constexpr int64_t R = kR<T>;
+  for (int64_t u = 0; u < count; ++u) {
+    std::memcpy(dstT + u * R, src + u * N + r0, sizeof(T) * nr);
+    for (int64_t r = nr; r < R; ++r) dstT[u * R + r] = T(0);
+  }
+}
+
+template <typename T>
+void store_units(const T* srcT, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dst) {
+  constexpr int64_t R = kR<T>;
+  for (int64_t u = 0; u < count; ++u) std::memcpy(dst + u * N + r0, srcT + u * R, sizeof(T) * nr);
+}
+
 template <typename T>
 void from_soa(const T* srcT, int64_t nr, int64_t K, T* dst) {
   constexpr int64_t R = kR<T>;
@@ -157,7 +214,7 @@ void soa_to_rows(const T* srcT, int64_t K, int64_t Kp, T* dst) {
 // Tile scratch of one thread.
 template <typename T>
 struct Scratch {
-  std::vector<T> xT, hT, cT, hnT, cnT, gates, tcT, dh, dc, dG, dGt, rowsbuf, din, tmp;
+  std::vector<T> xT, hT, cT, hnT, cnT, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
   Scratch(int64_t F, int64_t H, int64_t L, bool backward) {
     constexpr int64_t R = kR<T>, V = kV<T>;
     xT.assign(F * R, T(0));
@@ -172,7 +229,6 @@ struct Scratch {
       dh.assign(H * R, T(0));
       dc.assign(H * R, T(0));
       dG.assign(4 * H * R, T(0));
-      dGt.assign(R * 4 * H, T(0));
       rowsbuf.assign(R * std::max(round_up(F, V), round_up(H + 1, V)), T(0));
       din.assign(std::max(F, H) * R, T(0));
     }
@@ -185,8 +241,8 @@ void load_tile(const Net<T>& n, const T* x, const T* h, const T* c, int64_t N, i
   const int64_t H = n.H, R = kR<T>;
   to_soa<T>(x + r0 * n.F, nr, n.F, s.xT.data());
   for (int64_t l = 0; l < n.L; ++l) {
-    to_soa<T>(h + (l * N + r0) * H, nr, H, s.hT.data() + l * H * R);
-    to_soa<T>(c + (l * N + r0) * H, nr, H, s.cT.data() + l * H * R);
+    load_units<T>(h + l * H * N, N, r0, nr, H, s.hT.data() + l * H * R);
+    load_units<T>(c + l * H * N, N, r0, nr, H, s.cT.data() + l * H * R);
   }
 }
 
@@ -224,7 +280,7 @@ void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* m
       load_tile<T>(n, x, h, c, N, r0, nr, s);
       forward_layers<T>(n, s, false);
       for (int v = 0; v < kNV; ++v) {
-        Vec<T> y = Vec<T>(n.scale) * head_pre<T>(n, s, v).tanh();
+        Vec<T> y = Vec<T>(n.scale) * tanh_fast<T>(head_pre<T>(n, s, v));
         y.store(s.tmp.data() + v * V);
       }
       if (mult != nullptr) {
@@ -233,14 +289,15 @@ void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* m
         std::memcpy(out + r0, s.tmp.data(), sizeof(T) * nr);
       }
       for (int64_t l = 0; l < n.L; ++l) {
-        from_soa<T>(s.hnT.data() + l * H * R, nr, H, h_out + (l * N + r0) * H);
-        from_soa<T>(s.cnT.data() + l * H * R, nr, H, c_out + (l * N + r0) * H);
+        store_units<T>(s.hnT.data() + l * H * R, N, r0, nr, H, h_out + l * H * N);
+        store_units<T>(s.cnT.data() + l * H * R, N, r0, nr, H, c_out + l * H * N);
       }
     }
   });
 }
 
-// C [M][Kp] += A^T B with A = [R][M] (row-major), B = [R][Kp]; M a multiple of 4, Kp a multiple of V.
+// C [M][Kp] += A B with A = [M][R] (the gate gradients, unit-major), B = [R][Kp]; M a multiple of 4, Kp a
+// multiple of V. A is read by broadcast loads, which need no transpose.
 template <typename T, int KV>
 inline void outer_block(T* C, const T* A, int64_t M, const T* B, int64_t Kp, int64_t j0, int64_t k0) {
   constexpr int64_t V = kV<T>, R = kR<T>;
@@ -250,10 +307,10 @@ inline void outer_block(T* C, const T* A, int64_t M, const T* B, int64_t Kp, int
   for (int64_t r = 0; r < R; ++r) {
     Vec<T> bq[KV];
     for (int q = 0; q < KV; ++q) bq[q] = Vec<T>::loadu(B + r * Kp + k0 + q * V);
-    const T* ar = A + r * M + j0;
+    const T* ar = A + j0 * R + r;
 #pragma GCC unroll 4
     for (int jj = 0; jj < 4; ++jj) {
-      const Vec<T> a(ar[jj]);
+      const Vec<T> a(ar[jj * R]);
       for (int q = 0; q < KV; ++q) acc[jj][q] = at::vec::fmadd(a, bq[q], acc[jj][q]);
     }
   }
@@ -358,7 +415,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
       go_a[q] = (r < nr && gout != nullptr) ? gout[r0 + r] : T(0);
       m_a[q] = (r < nr && mult != nullptr) ? mult[r0 + r] : T(1);
     }
-    const Vec<T> t = head_pre<T>(n, s, v).tanh();
+    const Vec<T> t = tanh_fast<T>(head_pre<T>(n, s, v));
     Vec<T> go = Vec<T>::loadu(go_a);
     const Vec<T> sc(n.scale);
     if (mult != nullptr) {
@@ -380,7 +437,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
   const T* hl = s.hnT.data() + (L - 1) * H * R;
   const bool has_gh = gh_new != nullptr, has_gc = gc_new != nullptr;
   if (has_gh) {
-    to_soa<T>(gh_new + ((L - 1) * N + r0) * H, nr, H, s.dh.data());
+    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data());
   } else {
     std::fill(s.dh.begin(), s.dh.end(), T(0));
   }
@@ -397,7 +454,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
 
   for (int64_t l = L - 1; l >= 0; --l) {
     if (has_gc) {
-      to_soa<T>(gc_new + (l * N + r0) * H, nr, H, s.dc.data());
+      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data());
     } else {
       std::fill(s.dc.begin(), s.dc.end(), T(0));
     }
@@ -419,28 +476,26 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
         (dcv * f).store(s.dc.data() + o);  // now dL/dc_prev
       }
     }
-    if (gc != nullptr) from_soa<T>(s.dc.data(), nr, H, gc + (l * N + r0) * H);
+    if (gc != nullptr) store_units<T>(s.dc.data(), N, r0, nr, H, gc + l * H * N);
     const T* inT = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
     const int64_t K = n.kin(l);
     if (need_w) {
-      for (int64_t j = 0; j < M; ++j)
-        for (int64_t r = 0; r < R; ++r) s.dGt[r * M + j] = s.dG[j * R + r];
       const int64_t Kp = l == 0 ? acc.Fp : acc.Hp;
       soa_to_rows<T>(inT, K, Kp, s.rowsbuf.data());
       T* cw = l == 0 ? acc.wih0.data() : acc.wih.data() + (l - 1) * M * acc.Hp;
-      outer_accumulate<T>(cw, s.dGt.data(), M, s.rowsbuf.data(), Kp);
+      outer_accumulate<T>(cw, s.dG.data(), M, s.rowsbuf.data(), Kp);
       soa_to_rows<T>(s.hT.data() + l * H * R, H, acc.Hp1, s.rowsbuf.data());
       for (int64_t r = 0; r < R; ++r) s.rowsbuf[r * acc.Hp1 + H] = T(1);  // bias column
-      outer_accumulate<T>(acc.whh.data() + l * M * acc.Hp1, s.dGt.data(), M, s.rowsbuf.data(), acc.Hp1);
+      outer_accumulate<T>(acc.whh.data() + l * M * acc.Hp1, s.dG.data(), M, s.rowsbuf.data(), acc.Hp1);
     }
     if (gh != nullptr) {
       wt_times<T>(n.wh(l), M, H, s.dG.data(), s.din.data(), false);
-      from_soa<T>(s.din.data(), nr, H, gh + (l * N + r0) * H);
+      store_units<T>(s.din.data(), N, r0, nr, H, gh + l * H * N);
     }
     if (l > 0) {
       // dL/dh_{l-1}: from the layer above plus the incoming gradient of that layer's output state.
       if (has_gh) {
-        to_soa<T>(gh_new + ((l - 1) * N + r0) * H, nr, H, s.dh.data());
+        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data());
       } else {
         std::fill(s.dh.begin(), s.dh.end(), T(0));
       }
