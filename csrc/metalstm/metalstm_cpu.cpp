@@ -176,9 +176,23 @@ void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
 }
 
 // Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded.
+// A full tile is copied with vector moves and the next tile's lines of the same rows are prefetched (the state
+// is streamed from memory once per step; the prefetch overlaps that with this tile's arithmetic).
 template <typename T>
 void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT) {
-  constexpr int64_t R = kR<T>;
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  if (nr == R) {
+    const bool pf = r0 + 2 * R <= N;
+    for (int64_t u = 0; u < count; ++u) {
+      const T* sp = src + u * N + r0;
+      if (pf) {
+        for (int64_t q = 0; q < R * int64_t(sizeof(T)); q += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(sp + R) + q);
+      }
+      for (int v = 0; v < kNV; ++v) Vec<T>::loadu(sp + v * V).store(dstT + u * R + v * V);
+    }
+    return;
+  }
   for (int64_t u = 0; u < count; ++u) {
     std::memcpy(dstT + u * R, src + u * N + r0, sizeof(T) * nr);
     for (int64_t r = nr; r < R; ++r) dstT[u * R + r] = T(0);
@@ -187,7 +201,12 @@ void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, 
 
 template <typename T>
 void store_units(const T* srcT, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dst) {
-  constexpr int64_t R = kR<T>;
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  if (nr == R) {
+    for (int64_t u = 0; u < count; ++u)
+      for (int v = 0; v < kNV; ++v) Vec<T>::loadu(srcT + u * R + v * V).store(dst + u * N + r0 + v * V);
+    return;
+  }
   for (int64_t u = 0; u < count; ++u) std::memcpy(dst + u * N + r0, srcT + u * R, sizeof(T) * nr);
 }
 
