@@ -146,6 +146,8 @@ class _MetaLSTM(torch.autograd.Function):
             ctx.mark_dirty(h_out, c_out)
             h1, c1 = h_out, c_out
         ctx.has_mult = multiply is not None
+        # Unused outputs (typically h_new, c_new of the last step) arrive as None, not as zero [L, H, N] tensors.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale,
                               *( (multiply,) if multiply is not None else ()))
         return out, h1, c1
