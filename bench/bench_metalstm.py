@@ -13,14 +13,25 @@ Work: 2 * sum_l 4H (F_l + H) flops per row for the layers (+ 2H for the head); t
 row is reading x and (h, c) and writing out and (h, c): (F + 4 * 3 * H + 1) * 4 bytes (bytes_moved); the full
 mode reads them twice (the backward recomputes).
 
-Measured (Intel Xeon, AVX-512, shared 2-core VM, 1 thread, torch 2.13 CPU, median of 9; `cltk bench --kernel
-metalstm`); ratio = nn_lstm time / provider time, peak = extra RSS of one call:
-  per-synapse N=1e6, H=32, F=4, forward   cltk  0.00 s (00.0 GFLOP/s)  x0.00 vs nn_lstm, x0.00 vs lstm_cells
-                                           peak cltk 0 MiB vs nn_lstm 0 MiB (0.0 %)
-  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk  0.00 s  x0.00 vs nn_lstm; peak 0 MiB vs 0 MiB
-  per-neuron N=64, H=64, F=4, forward     x0.00 vs nn_lstm
-  per-neuron N=64, H=64, F=1152, forward  x0.00 vs nn_lstm
-Goals: forward >= 6x nn.LSTM, fwd+bwd >= 6x; forward peak <= 5 % of nn.LSTM's, fwd+bwd <= 1/5; per-neuron >= 5x.
+Measured 2026-11-30 on an Intel Xeon (AVX-512; a 2-core VM shared with other jobs; 1 thread; torch 2.13.0 CPU;
+median of 9 process-CPU-time runs, `python -m cltk.benchmark --kernel metalstm`); ratio = nn_lstm time / provider
+time; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multiply-adds (2 flops each):
+  per-synapse N=1e6, H=32, F=4, forward   cltk 0.597 s (70.4 GFLOP/s)  nn_lstm 2.518 s (16.7)  lstm_cells 4.189 s
+                                          cltk 4.22x nn_lstm, 7.0x lstm_cells
+                                          peak cltk 3.7 MiB, nn_lstm 1586.9 MiB (0.23 %), lstm_cells 1220.6 MiB
+  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 2.107 s  nn_lstm 11.606 s  lstm_cells 8.652 s
+    (grads w.r.t. all parameters)         cltk 5.51x nn_lstm, 4.11x lstm_cells
+                                          peak cltk 4.1 MiB, nn_lstm 4520.3 MiB (0.09 %), lstm_cells 2567.3 MiB
+                                          cltk 47.7 GFLOP/s of model work (100.4 GFLOP: forward, weight and
+                                          hidden-input gradients; the kernel's forward recompute not counted)
+  per-neuron N=64, H=64, F=4, forward     cltk 158.2 us (67.2 GFLOP/s)  nn_lstm 555.4 us  lstm_cells 308.3 us
+                                          cltk 3.51x nn_lstm
+  per-neuron N=64, H=64, F=1152, forward  cltk 640.7 us (75.3 GFLOP/s)  nn_lstm 1323 us  lstm_cells 729.9 us
+                                          cltk 2.06x nn_lstm
+Goals: forward >= 6x nn.LSTM (met: no, 4.2x), fwd+bwd >= 6x (no, 5.5x); forward peak <= 5 % of nn.LSTM's (yes,
+0.23 %), fwd+bwd <= 1/5 (yes, 0.09 %); per-neuron forward >= 5x (no: 3.5x at F=4, 2.1x at F=1152). Single-thread
+sgemm on this machine reaches about 149 GFLOP/s, so the per-synapse forward runs at about half of the FMA peak; the
+rest is the sigmoid/tanh evaluations (5 per unit and row) and streaming the 1.5 KiB of state per row.
 """
 from __future__ import annotations
 
@@ -34,6 +45,15 @@ LAYERS = 3
 
 def flops_per_row(F: int, H: int, L: int = LAYERS) -> int:
     return 2 * sum(4 * H * ((F if layer == 0 else H) + H) for layer in range(L)) + 2 * H
+
+
+def model_flops(N: int, F: int, H: int, mode: str, L: int = LAYERS) -> int:
+    """Forward: the layers and head; full: forward + weight gradients (as many flops) + the gradients of the hidden
+    inputs of layers 1..L-1 (the kernel's forward recompute is not counted)."""
+    fwd = flops_per_row(F, H, L)
+    if mode == "forward":
+        return N * fwd
+    return N * (2 * fwd + 2 * (L - 1) * 4 * H * H)
 
 
 def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
@@ -97,7 +117,7 @@ def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
     return Case(kernel="meta_lstm", mode=mode, shape=f"{label} N={N} H={H} F={F} L={LAYERS} fp32",
                 bytes_moved=per_row_bytes * N, providers=providers, baseline="nn_lstm", build=build,
                 bandwidth="copy", device=device,
-                note=f"{flops_per_row(F, H) * N * (1 if mode == 'forward' else 3) / 1e9:.3f} GFLOP")
+                note=f"{model_flops(N, F, H, mode) / 1e9:.3f} GFLOP")
 
 
 def cases(quick: bool) -> list[Case]:
