@@ -22,7 +22,7 @@ time; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multip
   per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 2.107 s  nn_lstm 11.606 s  lstm_cells 8.652 s
     (grads w.r.t. all parameters)         cltk 5.51x nn_lstm, 4.11x lstm_cells
                                           peak cltk 4.1 MiB, nn_lstm 4520.3 MiB (0.09 %), lstm_cells 2567.3 MiB
-                                          cltk 47.7 GFLOP/s of model work (100.4 GFLOP: forward, weight and
+                                          cltk 47.7 GFLOP/s of model work (100.5 GFLOP: forward, weight and
                                           hidden-input gradients; the kernel's forward recompute not counted)
   per-neuron N=64, H=64, F=4, forward     cltk 158.2 us (67.2 GFLOP/s)  nn_lstm 555.4 us  lstm_cells 308.3 us
                                           cltk 3.51x nn_lstm
