@@ -1,4 +1,5 @@
 """Drop-in ``torch.optim`` replacements and wrappers."""
+from cltk.optim.meta_lstm_gate import MetaLSTMGate
 from cltk.optim.migu import MIGU, MagnitudeRecorder, MIGUAdamW
 
-__all__ = ["MIGU", "MIGUAdamW", "MagnitudeRecorder"]
+__all__ = ["MIGU", "MIGUAdamW", "MagnitudeRecorder", "MetaLSTMGate"]

@@ -1,0 +1,131 @@
+"""meta_lstm: one step of a per-row 3-layer LSTM (+ Linear(H, 1), tanh, scale head) over N rows.
+
+Providers (1 thread, process CPU time, all in one process; fp32):
+  cltk           forward: cltk.ops.meta_lstm_ (state advanced in place, no autograd);
+                 full: cltk.ops.meta_lstm with persistent state_out buffers, then autograd.grad w.r.t. the 7
+                 parameter tensors (gates recomputed in the backward)
+  nn_lstm        torch.nn.LSTM(F, H, num_layers=3) over the row batch as one time step ([1, N, F], (h0, c0)
+                 [3, N, H]), then the head; full: autograd.grad w.r.t. its parameters (the baseline)
+  lstm_cells     three torch.nn.LSTMCell and the head, layer by layer
+Each provider keeps its state in its own layout (cltk: unit-major [3, H, N]; torch: [3, N, H]).
+
+Work: 2 * sum_l 4H (F_l + H) flops per row for the layers (+ 2H for the head); the forward's minimum traffic per
+row is reading x and (h, c) and writing out and (h, c): (F + 4 * 3 * H + 1) * 4 bytes (bytes_moved); the full
+mode reads them twice (the backward recomputes).
+
+Measured 2026-11-30 on an Intel Xeon (AVX-512; a 2-core VM shared with other jobs; 1 thread; torch 2.13.0 CPU;
+median of 9 process-CPU-time runs, `python -m cltk.benchmark --kernel metalstm`); ratio = nn_lstm time / provider
+time; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multiply-adds (2 flops each):
+  per-synapse N=1e6, H=32, F=4, forward   cltk 0.597 s (70.4 GFLOP/s)  nn_lstm 2.518 s (16.7)  lstm_cells 4.189 s
+                                          cltk 4.22x nn_lstm, 7.0x lstm_cells
+                                          peak cltk 3.7 MiB, nn_lstm 1586.9 MiB (0.23 %), lstm_cells 1220.6 MiB
+  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 2.107 s  nn_lstm 11.606 s  lstm_cells 8.652 s
+    (grads w.r.t. all parameters)         cltk 5.51x nn_lstm, 4.11x lstm_cells
+                                          peak cltk 4.1 MiB, nn_lstm 4520.3 MiB (0.09 %), lstm_cells 2567.3 MiB
+                                          cltk 47.7 GFLOP/s of model work (100.5 GFLOP: forward, weight and
+                                          hidden-input gradients; the kernel's forward recompute not counted)
+  per-neuron N=64, H=64, F=4, forward     cltk 158.2 us (67.2 GFLOP/s)  nn_lstm 555.4 us  lstm_cells 308.3 us
+                                          cltk 3.51x nn_lstm
+  per-neuron N=64, H=64, F=1152, forward  cltk 640.7 us (75.3 GFLOP/s)  nn_lstm 1323 us  lstm_cells 729.9 us
+                                          cltk 2.06x nn_lstm
+Goals: forward >= 6x nn.LSTM (met: no, 4.2x), fwd+bwd >= 6x (no, 5.5x); forward peak <= 5 % of nn.LSTM's (yes,
+0.23 %), fwd+bwd <= 1/5 (yes, 0.09 %); per-neuron forward >= 5x (no: 3.5x at F=4, 2.1x at F=1152). Single-thread
+sgemm on this machine reaches about 149 GFLOP/s, so the per-synapse forward runs at about half of the FMA peak; the
+rest is the sigmoid/tanh evaluations (5 per unit and row) and streaming the 1.5 KiB of state per row.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cltk.benchmark import Case, bench_device
+
+LAYERS = 3
+
+
+def flops_per_row(F: int, H: int, L: int = LAYERS) -> int:
+    return 2 * sum(4 * H * ((F if layer == 0 else H) + H) for layer in range(L)) + 2 * H
+
+
+def model_flops(N: int, F: int, H: int, mode: str, L: int = LAYERS) -> int:
+    """Forward: the layers and head; full: forward + weight gradients (as many flops) + the gradients of the hidden
+    inputs of layers 1..L-1 (the kernel's forward recompute is not counted)."""
+    fwd = flops_per_row(F, H, L)
+    if mode == "forward":
+        return N * fwd
+    return N * (2 * fwd + 2 * (L - 1) * 4 * H * H)
+
+
+def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
+    providers = ("cltk", "nn_lstm", "lstm_cells")
+
+    def build():
+        import cltk.ops as ops
+
+        torch.manual_seed(0)
+        lstm = nn.LSTM(F, H, num_layers=LAYERS).to(device)
+        cells = [nn.LSTMCell(F if k == 0 else H, H).to(device) for k in range(LAYERS)]
+        head = nn.Linear(H, 1).to(device)
+        scale = nn.Parameter(torch.tensor(1.0, device=device))
+        w = [t.detach().clone().requires_grad_() for t in ops.meta_lstm_weights(lstm, head, scale)]
+        x = torch.randn(N, F, device=device)
+        h0 = torch.randn(LAYERS, N, H, device=device) * 0.1
+        c0 = torch.randn(LAYERS, N, H, device=device) * 0.1
+        hu, cu = h0.transpose(1, 2).contiguous(), c0.transpose(1, 2).contiguous()
+        hu_out, cu_out = torch.empty_like(hu), torch.empty_like(cu)
+        g = torch.randn(N, device=device)
+        lstm_params = list(lstm.parameters()) + list(head.parameters()) + [scale]
+        cell_params = [p for cell in cells for p in cell.parameters()] + list(head.parameters()) + [scale]
+
+        def lstm_fwd():
+            y, _ = lstm(x[None], (h0, c0))
+            return scale * torch.tanh(head(y[0])).squeeze(1)
+
+        def cells_fwd():
+            inp = x
+            for k, cell in enumerate(cells):
+                inp, _ = cell(inp, (h0[k], c0[k]))
+            return scale * torch.tanh(head(inp)).squeeze(1)
+
+        if mode == "forward":
+            def cltk_fn():
+                return ops.meta_lstm_(x, hu, cu, *[t.detach() for t in w])
+
+            def nolst():
+                with torch.no_grad():
+                    return lstm_fwd()
+
+            def nocells():
+                with torch.no_grad():
+                    return cells_fwd()
+
+            return {"cltk": cltk_fn, "nn_lstm": nolst, "lstm_cells": nocells}
+
+        def cltk_full():
+            out, _, _ = ops.meta_lstm(x, hu, cu, *w, state_out=(hu_out, cu_out))
+            return torch.autograd.grad(out, w, g)
+
+        return {
+            "cltk": cltk_full,
+            "nn_lstm": lambda: torch.autograd.grad(lstm_fwd(), lstm_params, g),
+            "lstm_cells": lambda: torch.autograd.grad(cells_fwd(), cell_params, g),
+        }
+
+    per_row_bytes = (F + 4 * LAYERS * H + 1) * 4  # read x, h, c; write out, h, c (module docstring)
+    if mode == "full":
+        per_row_bytes += (F + 2 * LAYERS * H + 1) * 4  # the backward reads x, h, c and grad_out again
+    return Case(kernel="meta_lstm", mode=mode, shape=f"{label} N={N} H={H} F={F} L={LAYERS} fp32",
+                bytes_moved=per_row_bytes * N, providers=providers, baseline="nn_lstm", build=build,
+                bandwidth="copy", device=device,
+                note=f"{model_flops(N, F, H, mode) / 1e9:.3f} GFLOP")
+
+
+def cases(quick: bool) -> list[Case]:
+    device = bench_device()
+    n = 100_000 if quick else 1_000_000
+    return [
+        _case(n, 4, 32, "forward", device, "per-synapse"),
+        _case(n, 4, 32, "full", device, "per-synapse"),
+        _case(64, 4, 64, "forward", device, "per-neuron"),
+        _case(64, 1152, 64, "forward", device, "per-neuron"),
+    ]

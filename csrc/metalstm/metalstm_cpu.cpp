@@ -1,0 +1,684 @@
+// CPU kernels of the meta-LSTM ops: one step of an L-layer stacked LSTM (nn.LSTM's cell) plus the head
+// out = scale * tanh(w_out . h_L + b_out) [* multiply] for N independent rows (reference:
+// cltk/ops/metalstm.py, meta_lstm_ref).
+//
+// Rows are cut into tiles of R = 4 SIMD vectors (64 fp32 / 32 fp64 rows with AVX-512). A tile's inputs and state
+// are transposed into structure-of-arrays scratch [feature][R]; then for each hidden unit u the four gate
+// pre-activations i, f, g, o of all R rows are accumulated in 16 vector registers (each weight broadcast once per
+// tile, each input vector loaded once per four FMAs), activated and folded into the cell update at once. No
+// [N, 4H] gate tensor exists: the largest temporaries are per-thread tile scratch (a few hundred KiB at most).
+// The weights (4H * (F + H) per layer) stay in L1/L2 across tiles. Memory traffic per row: read x, h, c
+// (F + 2LH values), write out, h, c (1 + 2LH).
+//
+// Backward (truncated BPTT through one step): the tile's forward is recomputed with the activated gates kept in
+// tile scratch, then the gradients run back layer by layer. Input and state gradients are W^T dG products over
+// the tile (4 columns of W^T x 4 vectors of rows in registers); weight gradients are rank-R updates
+// dW += dG^T In accumulated per thread in registers (4 gate rows x 4 vectors of columns), the bias gradient
+// riding along as an extra input column of ones. Per-thread weight-gradient partials are summed at the end.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "metalstm/metalstm_check.h"
+
+namespace {
+
+using namespace cltk_metalstm;
+
+constexpr int kNV = 4;  // SIMD vectors of rows per tile
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+constexpr int64_t kV = Vec<T>::size();
+
+template <typename T>
+constexpr int64_t kR = kNV * Vec<T>::size();
+
+inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
+
+// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is at::vec's exp_u20
+// (a degree-5 polynomial, about 20 ulp) and the division a 14-bit reciprocal refined by one Newton step: the
+// accurate library exp/tanh and vdivps would cost as much as all the gate FMAs. Relative error of sigmoid
+// stays near 1e-6 (checked against the fp32 reference in tests/ops/test_metalstm.py). fp64 uses exact exp and
+// division.
+template <typename T>
+inline Vec<T> recip(const Vec<T>& d) {
+  return Vec<T>(T(1)) / d;
+}
+
+template <typename T>
+inline Vec<T> exp_fast(const Vec<T>& x) {
+  return x.exp();
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> recip<float>(const Vec<float>& d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> recip<float>(const Vec<float>& d) {
+  const __m256 r = _mm256_rcp_ps(d);
+  return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
+}
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> exp_fast<float>(const Vec<float>& x) {
+  return x.exp_u20();
+}
+#endif
+
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  // exp_u20 clamps its argument to the finite range, so 1 + exp(-x) stays finite for the Newton step of recip.
+  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
+}
+
+template <typename T>
+inline Vec<T> tanh_fast(const Vec<T>& x) {
+  return at::vec::fmsub(Vec<T>(T(2)), sigmoid<T>(x + x), Vec<T>(T(1)));
+}
+
+template <typename T>
+struct Net {
+  const T* w_ih0;
+  const T* w_ih;
+  const T* w_hh;
+  const T* b;
+  const T* w_out;
+  T b_out, scale;
+  int64_t F, H, L;
+  const T* wi(int64_t l) const { return l == 0 ? w_ih0 : w_ih + (l - 1) * 4 * H * H; }
+  int64_t kin(int64_t l) const { return l == 0 ? F : H; }
+  const T* wh(int64_t l) const { return w_hh + l * 4 * H * H; }
+  const T* bias(int64_t l) const { return b + l * 4 * H; }
+};
+
+// a[g][v] += sum_k W[g*H + u, k] * in[k][v-th vector of rows], for the four gates g of unit u.
+template <typename T>
+inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64_t K, int64_t H, int64_t u,
+                             const T* __restrict__ inT) {
+  constexpr int64_t V = kV<T>, R = kR<T>;
+  const T* w0 = W + (0 * H + u) * K;
+  const T* w1 = W + (1 * H + u) * K;
+  const T* w2 = W + (2 * H + u) * K;
+  const T* w3 = W + (3 * H + u) * K;
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec<T> b0(w0[k]), b1(w1[k]), b2(w2[k]), b3(w3[k]);
+    const T* xr = inT + k * R;
+#pragma GCC unroll 4
+    for (int v = 0; v < kNV; ++v) {
+      const Vec<T> xv = Vec<T>::loadu(xr + v * V);
+      a[0][v] = at::vec::fmadd(b0, xv, a[0][v]);
+      a[1][v] = at::vec::fmadd(b1, xv, a[1][v]);
+      a[2][v] = at::vec::fmadd(b2, xv, a[2][v]);
+      a[3][v] = at::vec::fmadd(b3, xv, a[3][v]);
+    }
+  }
+}
+
+// One layer over a tile: inT [K][R], hT, cT [H][R] -> hnT, cnT [H][R]; optionally the activated gates
+// [4][H][R] and tanh(c_new) [H][R] for the backward.
+template <typename T>
+void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const T* cT, T* hnT, T* cnT, T* gates,
+                   T* tcT) {
+  constexpr int64_t V = kV<T>, R = kR<T>;
+  const int64_t H = n.H;
+  const T* bias = n.bias(l);
+  for (int64_t u = 0; u < H; ++u) {
+    Vec<T> a[4][kNV];
+    for (int g = 0; g < 4; ++g)
+      for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>(bias[g * H + u]);
+    accumulate_gates<T>(a, n.wi(l), n.kin(l), H, u, inT);
+    accumulate_gates<T>(a, n.wh(l), H, H, u, hT);
+    for (int v = 0; v < kNV; ++v) {
+      const int64_t o = u * R + v * V;
+      const Vec<T> i = sigmoid<T>(a[0][v]), f = sigmoid<T>(a[1][v]), g = tanh_fast<T>(a[2][v]), og = sigmoid<T>(a[3][v]);
+      const Vec<T> cn = at::vec::fmadd(f, Vec<T>::loadu(cT + o), i * g);
+      const Vec<T> tc = tanh_fast<T>(cn);
+      cn.store(cnT + o);
+      (og * tc).store(hnT + o);
+      if (gates != nullptr) {
+        i.store(gates + (0 * H) * R + o);
+        f.store(gates + (1 * H) * R + o);
+        g.store(gates + (2 * H) * R + o);
+        og.store(gates + (3 * H) * R + o);
+        tc.store(tcT + o);
+      }
+    }
+  }
+}
+
+// Row-major [nr, K] rows of src (row stride K) -> dstT [K][R], zero-padded rows.
+template <typename T>
+void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
+  constexpr int64_t R = kR<T>;
+  for (int64_t r = 0; r < R; ++r) {
+    if (r < nr) {
+      const T* s = src + r * K;
+      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = s[k];
+    } else {
+      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = T(0);
+    }
+  }
+}
+
+// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded.
+// A full tile is copied with vector moves and the next tile's lines of the same rows are prefetched (the state
+// is streamed from memory once per step; the prefetch overlaps that with this tile's arithmetic).
+template <typename T>
+void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT) {
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  if (nr == R) {
+    const bool pf = r0 + 2 * R <= N;
+    for (int64_t u = 0; u < count; ++u) {
+      const T* sp = src + u * N + r0;
+      if (pf) {
+        for (int64_t q = 0; q < R * int64_t(sizeof(T)); q += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(sp + R) + q);
+      }
+      for (int v = 0; v < kNV; ++v) Vec<T>::loadu(sp + v * V).store(dstT + u * R + v * V);
+    }
+    return;
+  }
+  for (int64_t u = 0; u < count; ++u) {
+    std::memcpy(dstT + u * R, src + u * N + r0, sizeof(T) * nr);
+    for (int64_t r = nr; r < R; ++r) dstT[u * R + r] = T(0);
+  }
+}
+
+template <typename T>
+void store_units(const T* srcT, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dst) {
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  if (nr == R) {
+    for (int64_t u = 0; u < count; ++u)
+      for (int v = 0; v < kNV; ++v) Vec<T>::loadu(srcT + u * R + v * V).store(dst + u * N + r0 + v * V);
+    return;
+  }
+  for (int64_t u = 0; u < count; ++u) std::memcpy(dst + u * N + r0, srcT + u * R, sizeof(T) * nr);
+}
+
+template <typename T>
+void from_soa(const T* srcT, int64_t nr, int64_t K, T* dst) {
+  constexpr int64_t R = kR<T>;
+  for (int64_t r = 0; r < nr; ++r) {
+    T* d = dst + r * K;
+    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
+  }
+}
+
+// srcT [K][R] -> dst [R][Kp] (row-major rows, columns K..Kp-1 zero).
+template <typename T>
+void soa_to_rows(const T* srcT, int64_t K, int64_t Kp, T* dst) {
+  constexpr int64_t R = kR<T>;
+  for (int64_t r = 0; r < R; ++r) {
+    T* d = dst + r * Kp;
+    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
+    for (int64_t k = K; k < Kp; ++k) d[k] = T(0);
+  }
+}
+
+// Tile scratch of one thread.
+template <typename T>
+struct Scratch {
+  std::vector<T> xT, hT, cT, hnT, cnT, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
+  Scratch(int64_t F, int64_t H, int64_t L, bool backward) {
+    constexpr int64_t R = kR<T>, V = kV<T>;
+    xT.assign(F * R, T(0));
+    hT.assign(L * H * R, T(0));
+    cT.assign(L * H * R, T(0));
+    hnT.assign(L * H * R, T(0));
+    cnT.assign(L * H * R, T(0));
+    tmp.assign(R, T(0));
+    if (backward) {
+      gates.assign(L * 4 * H * R, T(0));
+      tcT.assign(L * H * R, T(0));
+      dh.assign(H * R, T(0));
+      dc.assign(H * R, T(0));
+      dG.assign(4 * H * R, T(0));
+      rowsbuf.assign(R * std::max(round_up(F, V), round_up(H + 1, V)), T(0));
+      din.assign(std::max(F, H) * R, T(0));
+    }
+  }
+};
+
+template <typename T>
+void load_tile(const Net<T>& n, const T* x, const T* h, const T* c, int64_t N, int64_t r0, int64_t nr,
+               Scratch<T>& s) {
+  const int64_t H = n.H, R = kR<T>;
+  to_soa<T>(x + r0 * n.F, nr, n.F, s.xT.data());
+  for (int64_t l = 0; l < n.L; ++l) {
+    load_units<T>(h + l * H * N, N, r0, nr, H, s.hT.data() + l * H * R);
+    load_units<T>(c + l * H * N, N, r0, nr, H, s.cT.data() + l * H * R);
+  }
+}
+
+template <typename T>
+void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep) {
+  const int64_t H = n.H, R = kR<T>;
+  for (int64_t l = 0; l < n.L; ++l) {
+    const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
+    layer_forward<T>(n, l, in, s.hT.data() + l * H * R, s.cT.data() + l * H * R, s.hnT.data() + l * H * R,
+                     s.cnT.data() + l * H * R, keep ? s.gates.data() + l * 4 * H * R : nullptr,
+                     keep ? s.tcT.data() + l * H * R : nullptr);
+  }
+}
+
+// z[v] = b_out + sum_u w_out[u] * h_L[u][v]
+template <typename T>
+inline Vec<T> head_pre(const Net<T>& n, const Scratch<T>& s, int v) {
+  const int64_t H = n.H, R = kR<T>, V = kV<T>;
+  const T* hl = s.hnT.data() + (n.L - 1) * H * R + v * V;
+  Vec<T> z(n.b_out);
+  for (int64_t u = 0; u < H; ++u) z = at::vec::fmadd(Vec<T>(n.w_out[u]), Vec<T>::loadu(hl + u * R), z);
+  return z;
+}
+
+template <typename T>
+void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* mult, T* out, T* h_out, T* c_out,
+                 int64_t N) {
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  const int64_t ntiles = (N + R - 1) / R;
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    Scratch<T> s(n.F, n.H, n.L, false);
+    const int64_t H = n.H;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = t * R, nr = std::min(R, N - r0);
+      load_tile<T>(n, x, h, c, N, r0, nr, s);
+      forward_layers<T>(n, s, false);
+      for (int v = 0; v < kNV; ++v) {
+        Vec<T> y = Vec<T>(n.scale) * tanh_fast<T>(head_pre<T>(n, s, v));
+        y.store(s.tmp.data() + v * V);
+      }
+      if (mult != nullptr) {
+        for (int64_t r = 0; r < nr; ++r) out[r0 + r] = s.tmp[r] * mult[r0 + r];
+      } else {
+        std::memcpy(out + r0, s.tmp.data(), sizeof(T) * nr);
+      }
+      for (int64_t l = 0; l < n.L; ++l) {
+        store_units<T>(s.hnT.data() + l * H * R, N, r0, nr, H, h_out + l * H * N);
+        store_units<T>(s.cnT.data() + l * H * R, N, r0, nr, H, c_out + l * H * N);
+      }
+    }
+  });
+}
+
+// C [M][Kp] += A B with A = [M][R] (the gate gradients, unit-major), B = [R][Kp]; M a multiple of 4, Kp a
+// multiple of V. A is read by broadcast loads, which need no transpose.
+template <typename T, int KV>
+inline void outer_block(T* C, const T* A, int64_t M, const T* B, int64_t Kp, int64_t j0, int64_t k0) {
+  constexpr int64_t V = kV<T>, R = kR<T>;
+  Vec<T> acc[4][KV];
+  for (int jj = 0; jj < 4; ++jj)
+    for (int q = 0; q < KV; ++q) acc[jj][q] = Vec<T>::loadu(C + (j0 + jj) * Kp + k0 + q * V);
+  for (int64_t r = 0; r < R; ++r) {
+    Vec<T> bq[KV];
+    for (int q = 0; q < KV; ++q) bq[q] = Vec<T>::loadu(B + r * Kp + k0 + q * V);
+    const T* ar = A + j0 * R + r;
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) {
+      const Vec<T> a(ar[jj * R]);
+      for (int q = 0; q < KV; ++q) acc[jj][q] = at::vec::fmadd(a, bq[q], acc[jj][q]);
+    }
+  }
+  for (int jj = 0; jj < 4; ++jj)
+    for (int q = 0; q < KV; ++q) acc[jj][q].store(C + (j0 + jj) * Kp + k0 + q * V);
+}
+
+template <typename T>
+void outer_accumulate(T* C, const T* A, int64_t M, const T* B, int64_t Kp) {
+  constexpr int64_t V = kV<T>;
+  for (int64_t k0 = 0; k0 < Kp; k0 += 4 * V) {
+    const int64_t kv = std::min<int64_t>(4, (Kp - k0) / V);
+    for (int64_t j0 = 0; j0 < M; j0 += 4) {
+      switch (kv) {
+        case 4: outer_block<T, 4>(C, A, M, B, Kp, j0, k0); break;
+        case 3: outer_block<T, 3>(C, A, M, B, Kp, j0, k0); break;
+        case 2: outer_block<T, 2>(C, A, M, B, Kp, j0, k0); break;
+        default: outer_block<T, 1>(C, A, M, B, Kp, j0, k0); break;
+      }
+    }
+  }
+}
+
+// dinT [K][R] = W^T dG with W [M][K], dG [M][R] (accumulating into dinT when add).
+template <typename T, int KB>
+inline void wt_block(const T* W, int64_t M, int64_t K, const T* dG, T* dinT, int64_t k0, bool add) {
+  constexpr int64_t V = kV<T>, R = kR<T>;
+  Vec<T> acc[KB][kNV];
+  for (int kk = 0; kk < KB; ++kk)
+    for (int v = 0; v < kNV; ++v) acc[kk][v] = add ? Vec<T>::loadu(dinT + (k0 + kk) * R + v * V) : Vec<T>(T(0));
+  for (int64_t j = 0; j < M; ++j) {
+    Vec<T> d[kNV];
+    for (int v = 0; v < kNV; ++v) d[v] = Vec<T>::loadu(dG + j * R + v * V);
+    const T* wr = W + j * K + k0;
+#pragma GCC unroll 4
+    for (int kk = 0; kk < KB; ++kk) {
+      const Vec<T> w(wr[kk]);
+      for (int v = 0; v < kNV; ++v) acc[kk][v] = at::vec::fmadd(w, d[v], acc[kk][v]);
+    }
+  }
+  for (int kk = 0; kk < KB; ++kk)
+    for (int v = 0; v < kNV; ++v) acc[kk][v].store(dinT + (k0 + kk) * R + v * V);
+}
+
+template <typename T>
+void wt_times(const T* W, int64_t M, int64_t K, const T* dG, T* dinT, bool add) {
+  int64_t k0 = 0;
+  for (; k0 + 4 <= K; k0 += 4) wt_block<T, 4>(W, M, K, dG, dinT, k0, add);
+  for (; k0 < K; ++k0) wt_block<T, 1>(W, M, K, dG, dinT, k0, add);
+}
+
+// Per-thread weight-gradient partials, padded row strides (Fp, Hp, Hp1); column H of whh is the bias.
+template <typename T>
+struct Accum {
+  int64_t F, H, L, Fp, Hp, Hp1;
+  std::vector<T> wih0, wih, whh, wout;
+  T bout = T(0), scale = T(0);
+  Accum(int64_t F_, int64_t H_, int64_t L_) : F(F_), H(H_), L(L_) {
+    constexpr int64_t V = kV<T>;
+    Fp = round_up(F, V);
+    Hp = round_up(H, V);
+    Hp1 = round_up(H + 1, V);
+    wih0.assign(4 * H * Fp, T(0));
+    wih.assign((L - 1) * 4 * H * Hp, T(0));
+    whh.assign(L * 4 * H * Hp1, T(0));
+    wout.assign(H, T(0));
+  }
+  void add_to(const Accum& o) {
+    for (size_t i = 0; i < wih0.size(); ++i) wih0[i] += o.wih0[i];
+    for (size_t i = 0; i < wih.size(); ++i) wih[i] += o.wih[i];
+    for (size_t i = 0; i < whh.size(); ++i) whh[i] += o.whh[i];
+    for (size_t i = 0; i < wout.size(); ++i) wout[i] += o.wout[i];
+    bout += o.bout;
+    scale += o.scale;
+  }
+};
+
+template <typename T>
+inline T hsum(const Vec<T>& v) {
+  T a[kV<T>];
+  v.store(a);
+  T s = T(0);
+  for (int64_t q = 0; q < kV<T>; ++q) s += a[q];
+  return s;
+}
+
+template <typename T>
+void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T* mult, const T* gout,
+                   const T* gh_new, const T* gc_new, T* gx, T* gh, T* gc, T* gmult, bool need_w, int64_t N,
+                   int64_t r0, int64_t nr, Scratch<T>& s, Accum<T>& acc) {
+  constexpr int64_t R = kR<T>, V = kV<T>;
+  const int64_t H = n.H, L = n.L, M = 4 * H;
+  load_tile<T>(n, x, h, c, N, r0, nr, s);
+  forward_layers<T>(n, s, true);
+
+  // Head: out = scale * tanh(z) * m.
+  T* dz = s.tmp.data();
+  for (int v = 0; v < kNV; ++v) {
+    T go_a[kV<T>], m_a[kV<T>];
+    for (int64_t q = 0; q < V; ++q) {
+      const int64_t r = v * V + q;
+      go_a[q] = (r < nr && gout != nullptr) ? gout[r0 + r] : T(0);
+      m_a[q] = (r < nr && mult != nullptr) ? mult[r0 + r] : T(1);
+    }
+    const Vec<T> t = tanh_fast<T>(head_pre<T>(n, s, v));
+    Vec<T> go = Vec<T>::loadu(go_a);
+    const Vec<T> sc(n.scale);
+    if (mult != nullptr) {
+      if (gmult != nullptr) {
+        T gm_a[kV<T>];
+        (go * sc * t).store(gm_a);
+        for (int64_t q = 0; q < V; ++q)
+          if (v * V + q < nr) gmult[r0 + v * V + q] = gm_a[q];
+      }
+      go = go * Vec<T>::loadu(m_a);
+    }
+    const Vec<T> d = go * sc * (Vec<T>(T(1)) - t * t);
+    if (need_w) {
+      acc.scale += hsum<T>(go * t);
+      acc.bout += hsum<T>(d);
+    }
+    d.store(dz + v * V);
+  }
+  const T* hl = s.hnT.data() + (L - 1) * H * R;
+  const bool has_gh = gh_new != nullptr, has_gc = gc_new != nullptr;
+  if (has_gh) {
+    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data());
+  } else {
+    std::fill(s.dh.begin(), s.dh.end(), T(0));
+  }
+  for (int64_t u = 0; u < H; ++u) {
+    Vec<T> gw(T(0));
+    const Vec<T> wo(n.w_out[u]);
+    for (int v = 0; v < kNV; ++v) {
+      const Vec<T> d = Vec<T>::loadu(dz + v * V);
+      if (need_w) gw = at::vec::fmadd(d, Vec<T>::loadu(hl + u * R + v * V), gw);
+      at::vec::fmadd(d, wo, Vec<T>::loadu(s.dh.data() + u * R + v * V)).store(s.dh.data() + u * R + v * V);
+    }
+    if (need_w) acc.wout[u] += hsum<T>(gw);
+  }
+
+  for (int64_t l = L - 1; l >= 0; --l) {
+    if (has_gc) {
+      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data());
+    } else {
+      std::fill(s.dc.begin(), s.dc.end(), T(0));
+    }
+    const T* G = s.gates.data() + l * 4 * H * R;
+    const T* tc = s.tcT.data() + l * H * R;
+    const T* cp = s.cT.data() + l * H * R;
+    const Vec<T> one(T(1));
+    for (int64_t u = 0; u < H; ++u) {
+      for (int v = 0; v < kNV; ++v) {
+        const int64_t o = u * R + v * V;
+        const Vec<T> i = Vec<T>::loadu(G + 0 * H * R + o), f = Vec<T>::loadu(G + 1 * H * R + o),
+                     g = Vec<T>::loadu(G + 2 * H * R + o), og = Vec<T>::loadu(G + 3 * H * R + o);
+        const Vec<T> t = Vec<T>::loadu(tc + o), dhv = Vec<T>::loadu(s.dh.data() + o);
+        const Vec<T> dcv = at::vec::fmadd(dhv * og, one - t * t, Vec<T>::loadu(s.dc.data() + o));
+        (dcv * g * i * (one - i)).store(s.dG.data() + (0 * H) * R + o);
+        (dcv * Vec<T>::loadu(cp + o) * f * (one - f)).store(s.dG.data() + (1 * H) * R + o);
+        (dcv * i * (one - g * g)).store(s.dG.data() + (2 * H) * R + o);
+        (dhv * t * og * (one - og)).store(s.dG.data() + (3 * H) * R + o);
+        (dcv * f).store(s.dc.data() + o);  // now dL/dc_prev
+      }
+    }
+    if (gc != nullptr) store_units<T>(s.dc.data(), N, r0, nr, H, gc + l * H * N);
+    const T* inT = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
+    const int64_t K = n.kin(l);
+    if (need_w) {
+      const int64_t Kp = l == 0 ? acc.Fp : acc.Hp;
+      soa_to_rows<T>(inT, K, Kp, s.rowsbuf.data());
+      T* cw = l == 0 ? acc.wih0.data() : acc.wih.data() + (l - 1) * M * acc.Hp;
+      outer_accumulate<T>(cw, s.dG.data(), M, s.rowsbuf.data(), Kp);
+      soa_to_rows<T>(s.hT.data() + l * H * R, H, acc.Hp1, s.rowsbuf.data());
+      for (int64_t r = 0; r < R; ++r) s.rowsbuf[r * acc.Hp1 + H] = T(1);  // bias column
+      outer_accumulate<T>(acc.whh.data() + l * M * acc.Hp1, s.dG.data(), M, s.rowsbuf.data(), acc.Hp1);
+    }
+    if (gh != nullptr) {
+      wt_times<T>(n.wh(l), M, H, s.dG.data(), s.din.data(), false);
+      store_units<T>(s.din.data(), N, r0, nr, H, gh + l * H * N);
+    }
+    if (l > 0) {
+      // dL/dh_{l-1}: from the layer above plus the incoming gradient of that layer's output state.
+      if (has_gh) {
+        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data());
+      } else {
+        std::fill(s.dh.begin(), s.dh.end(), T(0));
+      }
+      wt_times<T>(n.wi(l), M, H, s.dG.data(), s.dh.data(), true);
+    } else if (gx != nullptr) {
+      wt_times<T>(n.wi(0), M, n.F, s.dG.data(), s.din.data(), false);
+      from_soa<T>(s.din.data(), nr, n.F, gx + r0 * n.F);
+    }
+  }
+}
+
+template <typename T>
+Net<T> make_net(const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale, const Dims& d) {
+  return Net<T>{w_ih0.const_data_ptr<T>(), w_ih.const_data_ptr<T>(), w_hh.const_data_ptr<T>(), b.const_data_ptr<T>(),
+                w_out.const_data_ptr<T>(), b_out.item<T>(), scale.item<T>(), d.F, d.H, d.L};
+}
+
+at::Tensor run_forward(const char* op, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                       const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                       const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale,
+                       const std::optional<at::Tensor>& multiply, const at::Tensor& h_out, const at::Tensor& c_out,
+                       const Dims& d) {
+  at::Tensor out = at::empty({d.N}, x.options());
+  if (d.N == 0) return out;
+  const at::Tensor xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  const at::Tensor wi0 = w_ih0.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous(), bc = b.contiguous(),
+                   wo = w_out.contiguous();
+  const at::Tensor mc = multiply.has_value() ? multiply->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "meta_lstm_cpu", [&] {
+    const Net<scalar_t> n = make_net<scalar_t>(wi0, wi, wh, bc, wo, b_out, scale, d);
+    forward_cpu<scalar_t>(n, xc.const_data_ptr<scalar_t>(), hc.const_data_ptr<scalar_t>(),
+                          cc.const_data_ptr<scalar_t>(), mc.defined() ? mc.const_data_ptr<scalar_t>() : nullptr,
+                          out.data_ptr<scalar_t>(), h_out.data_ptr<scalar_t>(), c_out.data_ptr<scalar_t>(), d.N);
+  });
+  return out;
+}
+
+at::Tensor meta_lstm_inplace_cpu(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                 const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const at::Tensor& b, const at::Tensor& w_out, const at::Tensor& b_out,
+                                 const at::Tensor& scale, const std::optional<at::Tensor>& multiply) {
+  const char* op = "meta_lstm_";
+  const Dims d = check_args(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply);
+  check_state_out(op, "h", h, h);
+  check_state_out(op, "c", c, h);
+  return run_forward(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply, h, c, d);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> meta_lstm_cpu(
+    const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& b, const at::Tensor& w_out, const at::Tensor& b_out,
+    const at::Tensor& scale, const std::optional<at::Tensor>& multiply) {
+  const char* op = "meta_lstm";
+  const Dims d = check_args(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply);
+  at::Tensor h_out = at::empty(h.sizes(), h.options()), c_out = at::empty(c.sizes(), c.options());
+  at::Tensor out = run_forward(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply, h_out, c_out, d);
+  return {out, h_out, c_out};
+}
+
+at::Tensor meta_lstm_out_cpu(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih0,
+                             const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                             const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale,
+                             const std::optional<at::Tensor>& multiply, const at::Tensor& h_out,
+                             const at::Tensor& c_out) {
+  const char* op = "meta_lstm_out_";
+  const Dims d = check_args(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply);
+  check_state_out(op, "h_out", h_out, h);
+  check_state_out(op, "c_out", c_out, h);
+  return run_forward(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply, h_out, c_out, d);
+}
+
+using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                  at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+BackwardResult meta_lstm_backward_cpu(const std::optional<at::Tensor>& grad_out,
+                                      const std::optional<at::Tensor>& grad_h_new,
+                                      const std::optional<at::Tensor>& grad_c_new, const at::Tensor& x,
+                                      const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih0,
+                                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
+                                      const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale,
+                                      const std::optional<at::Tensor>& multiply, bool need_x, bool need_state,
+                                      bool need_w, bool need_mult) {
+  const char* op = "meta_lstm_backward";
+  const Dims d = check_args(op, x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply);
+  check_grad(op, "grad_out", grad_out, {d.N}, x);
+  check_grad(op, "grad_h_new", grad_h_new, h.sizes(), x);
+  check_grad(op, "grad_c_new", grad_c_new, h.sizes(), x);
+  need_mult = need_mult && multiply.has_value();
+  const auto opts = x.options();
+  const auto empty = [&] { return at::empty({0}, opts); };
+  at::Tensor gx = need_x ? at::empty(x.sizes(), opts) : empty();
+  at::Tensor gh = need_state ? at::empty(h.sizes(), opts) : empty();
+  at::Tensor gc = need_state ? at::empty(c.sizes(), opts) : empty();
+  at::Tensor gwi0 = need_w ? at::zeros(w_ih0.sizes(), opts) : empty();
+  at::Tensor gwi = need_w ? at::zeros(w_ih.sizes(), opts) : empty();
+  at::Tensor gwh = need_w ? at::zeros(w_hh.sizes(), opts) : empty();
+  at::Tensor gb = need_w ? at::zeros(b.sizes(), opts) : empty();
+  at::Tensor gwo = need_w ? at::zeros(w_out.sizes(), opts) : empty();
+  at::Tensor gbo = need_w ? at::zeros(b_out.sizes(), opts) : empty();
+  at::Tensor gs = need_w ? at::zeros(scale.sizes(), opts) : empty();
+  at::Tensor gm = need_mult ? at::empty(multiply->sizes(), opts) : empty();
+  if (d.N == 0 || !(need_x || need_state || need_w || need_mult)) {
+    return {gx, gh, gc, gwi0, gwi, gwh, gb, gwo, gbo, gs, gm};
+  }
+  const at::Tensor xc = x.contiguous(), hc = h.contiguous(), cc = c.contiguous();
+  const at::Tensor wi0 = w_ih0.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous(), bc = b.contiguous(),
+                   wo = w_out.contiguous();
+  const at::Tensor mc = multiply.has_value() ? multiply->contiguous() : at::Tensor();
+  const at::Tensor goc = grad_out.has_value() ? grad_out->contiguous() : at::Tensor();
+  const at::Tensor ghc = grad_h_new.has_value() ? grad_h_new->contiguous() : at::Tensor();
+  const at::Tensor gcc = grad_c_new.has_value() ? grad_c_new->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "meta_lstm_backward_cpu", [&] {
+    using T = scalar_t;
+    const Net<T> n = make_net<T>(wi0, wi, wh, bc, wo, b_out, scale, d);
+    constexpr int64_t R = kR<T>;
+    const int64_t ntiles = (d.N + R - 1) / R;
+    const auto p = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<T>() : nullptr; };
+    const auto q = [](at::Tensor& t, bool want) { return want ? t.data_ptr<T>() : nullptr; };
+    Accum<T> total(d.F, d.H, d.L);
+    std::mutex mu;
+    at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+      Scratch<T> s(d.F, d.H, d.L, true);
+      Accum<T> acc(d.F, d.H, d.L);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r0 = t * R, nr = std::min(R, d.N - r0);
+        backward_tile<T>(n, xc.const_data_ptr<T>(), hc.const_data_ptr<T>(), cc.const_data_ptr<T>(), p(mc), p(goc),
+                         p(ghc), p(gcc), q(gx, need_x), q(gh, need_state), q(gc, need_state), q(gm, need_mult),
+                         need_w, d.N, r0, nr, s, acc);
+      }
+      if (need_w) {
+        std::lock_guard<std::mutex> lock(mu);
+        total.add_to(acc);
+      }
+    });
+    if (need_w) {
+      const int64_t H = d.H, M = 4 * H;
+      T* o = gwi0.data_ptr<T>();
+      for (int64_t j = 0; j < M; ++j)
+        for (int64_t k = 0; k < d.F; ++k) o[j * d.F + k] = total.wih0[j * total.Fp + k];
+      o = gwi.data_ptr<T>();
+      for (int64_t l = 0; l + 1 < d.L; ++l)
+        for (int64_t j = 0; j < M; ++j)
+          for (int64_t k = 0; k < H; ++k) o[(l * M + j) * H + k] = total.wih[(l * M + j) * total.Hp + k];
+      o = gwh.data_ptr<T>();
+      T* ob = gb.data_ptr<T>();
+      for (int64_t l = 0; l < d.L; ++l)
+        for (int64_t j = 0; j < M; ++j) {
+          for (int64_t k = 0; k < H; ++k) o[(l * M + j) * H + k] = total.whh[(l * M + j) * total.Hp1 + k];
+          ob[l * M + j] = total.whh[(l * M + j) * total.Hp1 + H];
+        }
+      std::copy(total.wout.begin(), total.wout.end(), gwo.data_ptr<T>());
+      gbo.fill_(total.bout);
+      gs.fill_(total.scale);
+    }
+  });
+  return {gx, gh, gc, gwi0, gwi, gwh, gb, gwo, gbo, gs, gm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cltk, CPU, m) {
+  m.impl("meta_lstm_", &meta_lstm_inplace_cpu);
+  m.impl("meta_lstm", &meta_lstm_cpu);
+  m.impl("meta_lstm_out_", &meta_lstm_out_cpu);
+  m.impl("meta_lstm_backward", &meta_lstm_backward_cpu);
+}
