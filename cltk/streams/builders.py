@@ -300,6 +300,7 @@ def make_stream(benchmark: str, scenario: str, seed: int = 0, *, n_tasks: Option
         ValueError naming the argument for bad arguments; :class:`cltk.data.DatasetNotFoundError` (a ValueError)
         for a data set that is unknown or not installed.
     """
+    if str(benchmark).startswith("text-"): return __import__("cltk.streams.text_tasks", fromlist=["_"]).make(**locals())
     family, names = _parse_benchmark(benchmark)
     if scenario not in SCENARIOS:
         raise ValueError(f"make_stream: scenario must be one of {', '.join(SCENARIOS)}, got {scenario!r}")

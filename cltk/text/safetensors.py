@@ -91,7 +91,7 @@ def load_safetensors(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Union[str, os.PathLike],
                      metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` (CPU or not; copied contiguous) in the safetensors layout that :func:`load_safetensors` reads."""
+    """Write ``tensors`` in the safetensors layout that :func:`load_safetensors` reads (copied to the CPU)."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
