@@ -3,13 +3,15 @@
 ``make_text_stream("text-3tasks", scenario, seed)`` (or ``make_stream`` with the same name) builds three tasks,
 in this order, from the offline corpora of :mod:`cltk.text.corpora`:
 
-0. ``bbc-topic``: BBC News topic, 5 classes (business, entertainment, politics, sports, tech). BBC ships no test
-   split, so a fixed class-stratified 20% of the articles (``default_rng([0, 0, 5])``, the same for every seed) is
-   the test pool and the other 80% the training pool.
+0. ``bbc-topic``: BBC News topic, 5 classes (business, entertainment, politics, sports, tech), over the 2,103
+   distinct articles. BBC ships no test split, so a fixed class-stratified 20% of them (``default_rng([0, 0, 5])``,
+   the same for every seed) is the test pool and the other 80% the training pool.
 1. ``drug-sentiment``: drug-review sentiment, 2 classes (negative, positive); the reviews whose binned rating is
    ``neutral`` are left out. Training pool: ``drugsComTrain``; test pool: ``drugsComTest``.
 2. ``drug-condition``: the condition a drug review is about, among the ``n_conditions`` (default 4) most frequent
    conditions of ``drugsComTrain`` (ties by name): Birth Control, Depression, Pain, Acne. Same pools as task 1.
+
+Test reviews whose text also occurs in ``drugsComTrain`` are left out of the test pools.
 
 Every split's ``x`` is int64 [N, max_len] token ids of the MiniLM-L6 WordPiece vocabulary (``[CLS] text [SEP]``,
 truncated, padded with id 0; :mod:`cltk.text.tokenizer`), ``y`` int64 [N] targets. Output units follow the
@@ -60,11 +62,18 @@ def _bbc_pools() -> tuple[list[str], np.ndarray, list[str], np.ndarray, list[str
     return [texts[i] for i in tr], lab[tr], [texts[i] for i in te], lab[te], list(BBC_TOPICS)
 
 
+def _drug_rows(split: str) -> list:
+    if split == "train":
+        return list(drug_reviews("train"))
+    train_texts = {r.review for r in drug_reviews("train")}
+    return [r for r in drug_reviews("test") if r.review not in train_texts]
+
+
 def _sentiment_pools() -> tuple[list[str], np.ndarray, list[str], np.ndarray, list[str]]:
     names = ["negative", "positive"]
 
     def pool(split: str) -> tuple[list[str], np.ndarray]:
-        rows = [r for r in drug_reviews(split) if r.rating in names]
+        rows = [r for r in _drug_rows(split) if r.rating in names]
         return [r.review for r in rows], np.array([names.index(r.rating) for r in rows], dtype=np.int64)
 
     return (*pool("train"), *pool("test"), names)
@@ -75,7 +84,7 @@ def _condition_pools(n_conditions: int) -> tuple[list[str], np.ndarray, list[str
     names = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_conditions]]
 
     def pool(split: str) -> tuple[list[str], np.ndarray]:
-        rows = [r for r in drug_reviews(split) if r.condition in names]
+        rows = [r for r in _drug_rows(split) if r.condition in names]
         return [r.review for r in rows], np.array([names.index(r.condition) for r in rows], dtype=np.int64)
 
     return (*pool("train"), *pool("test"), names)
