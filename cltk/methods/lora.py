@@ -27,6 +27,9 @@ __all__ = ["LoRAConfig", "LoRA"]
 
 @dataclass
 class LoRAConfig(MethodConfig):
+    """``targets``: attribute names of the ``nn.Linear`` layers to adapt (a tuple, or one comma-separated string);
+    ``head``: the submodule left trainable (``""``: none)."""
+
     lr: float = 5e-4
     r: int = 8
     alpha: float = 8.0
@@ -71,7 +74,7 @@ class LoRA(Method):
                                  f"submodule {c.head!r}") from None
         for p in model.parameters():
             p.requires_grad_(False)
-        self.layers = apply_lora(model, c.targets, r=c.r, alpha=c.alpha, dropout=c.dropout,
+        apply_lora(model, c.targets, r=c.r, alpha=c.alpha, dropout=c.dropout,
                                  n_adapters=self.n_adapters_at_setup, exclude=(c.head,) if c.head else ())
         if head is not None:
             for p in head.parameters():
