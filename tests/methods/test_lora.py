@@ -241,3 +241,15 @@ def test_defaults_follow_the_papers():
     assert (lora.r, lora.alpha, lora.targets, lora.lr) == (8, 8.0, ("q", "v"), 5e-4)
     assert (olora.lambda_orth, olora.lambda_l2, olora.lr) == (0.5, 0.0, 1e-3)
     assert (migu.threshold, migu.mask_first_task) == (0.7, False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lora", "o-lora", "migu-lora"])
+def test_adapters_learn_the_real_tasks(name):
+    """30 steps of batch 16 per task on text-3tasks (default caps): well above chance on every task (slow)."""
+    s = make_text_stream("text-3tasks", "task", 0)
+    method = get_method(name)
+    model = drive(method, TextClassifier.pretrained(s.n_outputs, seed=0), s, iters=30, batch_size=16)
+    chance = [0.2, 0.5, 0.4]   # the condition task's majority class is 40% of its test split
+    for j, c in enumerate(chance):
+        assert accuracy(method, model, s, j) > c + 0.15, j
