@@ -246,10 +246,13 @@ def test_defaults_follow_the_papers():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["lora", "o-lora", "migu-lora"])
 def test_adapters_learn_the_real_tasks(name):
-    """30 steps of batch 16 per task on text-3tasks (default caps): well above chance on every task (slow)."""
+    """50 steps of batch 16 per task on text-3tasks (default caps): every task above its majority-class rate at the
+    end, and BBC topic (where the pretrained encoder is strong) above 0.8 (slow)."""
     s = make_text_stream("text-3tasks", "task", 0)
     method = get_method(name)
-    model = drive(method, TextClassifier.pretrained(s.n_outputs, seed=0), s, iters=30, batch_size=16)
-    chance = [0.2, 0.5, 0.4]   # the condition task's majority class is 40% of its test split
-    for j, c in enumerate(chance):
-        assert accuracy(method, model, s, j) > c + 0.15, j
+    model = drive(method, TextClassifier.pretrained(s.n_outputs, seed=0), s, iters=50, batch_size=16)
+    majority = [max(task.test.y.bincount().tolist()) / len(task.test) for task in s.tasks]
+    assert majority == [0.2, 0.5, 0.4]
+    accs = [accuracy(method, model, s, j) for j in range(3)]
+    assert all(a > m for a, m in zip(accs, majority)), accs
+    assert accs[0] > 0.8, accs
