@@ -83,6 +83,14 @@ def _task_model(backbone: str) -> Callable[..., nn.Module]:
     return build
 
 
+def _minilm(stream: Stream, seed: int = 0, dropout: Optional[float] = None) -> nn.Module:
+    from cltk.text.minilm import TextClassifier
+    return TextClassifier.pretrained(stream.n_outputs, seed=seed, dropout=dropout)
+
+
+_minilm.takes_stream = True   # type: ignore[attr-defined]
+
+
 MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "mlp": (MLP, "fully connected, 2 hidden layers of 400 ReLU units (van de Ven & Tolias 2019)"),
     "convnet": (ConvNet, "2 conv layers (32, 64) with max-pooling, 256 hidden units"),
@@ -90,6 +98,7 @@ MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
                            "EfficientNet-Lite0 with its ImageNet weights and one head per task (3-channel images)"),
     "mobilenet-v2": (_task_model("mobilenet_v2"),
                      "MobileNetV2 with one head per task; weights from weights_path=... (none ship offline)"),
+    "minilm": (_minilm, "pretrained MiniLM-L6 sentence encoder (22M) + a linear head, for the text benchmarks"),
 }
 
 

@@ -78,6 +78,8 @@ BENCHMARKS: dict[str, str] = {
 NAMED_STREAMS: dict[str, tuple[str, str]] = {
     "mnist5k-fmnist-halves": ("cltk.streams.image_tasks:make_image_task_stream",
                               "MNIST-5k 0-4, 5-9, Fashion-MNIST 0-4, 5-9 as 32x32 RGB images (the AWM sequence)"),
+    "text-3tasks": ("cltk.streams.text_tasks:make_text_3tasks",
+                    "BBC topic (5), drug-review sentiment (2), drug-review condition (4); MiniLM-L6 token ids [N, 64]"),
 }
 
 
