@@ -272,11 +272,16 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     if batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
     classes = {m: method_class(m) for m in methods}      # ValueError names unknown methods
+    skip: set[tuple[str, str]] = set()     # (method, scenario) pairs a comparison leaves out
     for m, cls in classes.items():
         bad = [sc for sc in scenarios if sc not in cls.scenarios]
-        if bad:
+        if bad and (meta.get("command") != "compare" or len(bad) == len(scenarios)):
             raise CLIError(f"method {m!r} does not support the {', '.join(bad)} scenario "
                            f"(supported: {', '.join(cls.scenarios)})")
+        for sc in bad:
+            skip.add((m, sc))
+            print(f"note: {m} does not support {sc}-IL (supported: {', '.join(cls.scenarios)}); left out there",
+                  flush=True)
     pairs = _split_overrides(args.set or [])
     configs = {}
     for m, cls in classes.items():
@@ -315,7 +320,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     main = dist.is_main()
     say = print if main else (lambda *a, **k: None)
 
-    total = len(scenarios) * len(seeds) * len(methods)
+    total = (len(scenarios) * len(methods) - len(skip)) * len(seeds)
     runs = []
     done = 0
     t0 = time.perf_counter()
@@ -329,6 +334,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         for seed in seeds:
             stream = first.pop(sc) if seed == seeds[0] else make_stream(benchmark, sc, seed, **stream_kwargs)
             for m in methods:
+                if (m, sc) in skip:
+                    continue
                 method = classes[m](configs[m])
                 net = build_model(model, stream, seed=seed, **model_kwargs)
                 ckpt_dir = (os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing

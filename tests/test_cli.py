@@ -35,6 +35,8 @@ BAD = {
     "missing data set": (["run", "--method", "finetune", "--benchmark", "split-cifar10"], "not installed"),
     "bad scenario": (RUN + ["--method", "finetune", "--scenario", "foo"], "unknown scenario 'foo'"),
     "unsupported scenario": (["compare", "--methods", "separate", "--scenarios", "class"], "does not support"),
+    "run in an unsupported scenario": (["run", "--method", "icarl", "--benchmark", "split-mnist5k", "--scenario", "domain"],
+                                       "does not support"),
     "--set not a number": (RUN + ["--method", "finetune", "--set", "lr=abc"], "lr=abc: expected a number"),
     "--set unknown field": (RUN + ["--method", "finetune", "--set", "lamda=1"], "lamda"),
     "--set invalid value": (RUN + ["--method", "finetune", "--set", "lr=-1"], "lr must be > 0"),
@@ -135,6 +137,16 @@ def test_compare_default_folder_under_results(tmp_path):
     assert p.returncode == 0, p.stderr
     out = tmp_path / "results" / "tiny_run"          # the name is sanitised
     assert {"results.json", "accuracy_matrix_finetune.png", "accuracy_matrix_joint.png"} <= set(os.listdir(out))
+
+
+def test_compare_leaves_out_unsupported_method_scenario_pairs(tmp_path):
+    p = cltk("compare", "--methods", "finetune,separate", "--scenarios", "task,class", "--seeds", "0", "--iters", "2",
+             "--out", str(tmp_path / "out"), "--no-progress", "--no-readout", *TINY, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "note: separate does not support class-IL" in p.stdout
+    runs = json.load(open(tmp_path / "out" / "results.json"))["runs"]
+    assert sorted((r["method"], r["scenario"]) for r in runs) == [("finetune", "class"), ("finetune", "task"),
+                                                                    ("separate", "task")]
 
 
 def test_bench_delegates_to_the_benchmark_options(capsys):
