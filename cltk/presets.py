@@ -8,6 +8,10 @@
     Split MNIST (5 tasks of 2 digits), the 2x400 MLP, 2000 iterations per task, Adam 1e-3, batch 128, 5 seeds,
     all three scenarios; finetune, joint, EWC, online EWC, SI, LwF, ER, A-GEM, DER++ and iCaRL (iCaRL is left out
     of domain-IL, which it does not support).
+``awm``
+    Adaptive Weight Modulation against its baselines on the pretrained EfficientNet-Lite0 (about 40 CPU-minutes).
+``text``
+    The MiniLM-L6 text sequence with the MIGU and LoRA-family methods (about an hour of CPU time).
 """
 from __future__ import annotations
 
@@ -42,6 +46,16 @@ PRESETS: dict[str, Preset] = {
         methods=("finetune", "joint", "ewc", "online-ewc", "si", "lwf", "er", "agem", "derpp", "icarl"),
         benchmark="split-mnist5k", scenarios=("task", "domain", "class"),
         seeds=(0, 1, 2, 3, 4), iters=2000, config={"optimizer": "adam", "lr": 1e-3}),
+    "awm": Preset(
+        description="AWM vs Piggyback, EWC, fine-tuning, linear probe and separate copies on a frozen/fine-tuned "
+                    "EfficientNet-Lite0 (ImageNet weights), MNIST-5k/Fashion-MNIST halves at 32x32, task-IL, 3 seeds",
+        methods=("awm", "piggyback", "ewc", "finetune", "linear-probe", "separate"), benchmark="mnist5k-fmnist-halves",
+        scenarios=("task",), seeds=(0, 1, 2), iters=200, model="efficientnet-lite0", batch_size=32),
+    "text": Preset(
+        description="continual fine-tuning of pretrained MiniLM-L6 on BBC topic, drug sentiment, drug condition "
+                    "(task-IL, 3 seeds): FT, MIGU, LoRA, MIGU-LoRA, O-LoRA, ER",
+        methods=("finetune", "migu", "lora", "migu-lora", "o-lora", "er"), benchmark="text-3tasks",
+        scenarios=("task",), seeds=(0, 1, 2), iters=50, model="minilm", batch_size=16),
 }
 
 
