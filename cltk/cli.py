@@ -500,10 +500,13 @@ def _run_command(args: argparse.Namespace) -> int:
     device = dist.init_from_env(getattr(args, "device", "cpu"))
     if device is not None and hasattr(args, "device"):
         args.device = str(device)
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        ok = rc == 0
+        return rc
     finally:
-        dist.destroy()
+        dist.destroy(wait_for_all=ok)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

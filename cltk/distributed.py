@@ -178,7 +178,15 @@ def init_from_env(device: Optional[str] = None) -> Optional[torch.device]:
     return dev
 
 
-def destroy() -> None:
+def destroy(wait_for_all: bool = True) -> None:
+    """Tear the process group down. ``wait_for_all``: first wait until every rank gets here, so that the ranks
+    leave together (a rank that leaves while another is still working, e.g. rank 0 writing the results after the
+    last collective, can abort in gloo's teardown). A rank that failed passes False: the others may be blocked
+    in a collective and would never reach the barrier."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait_for_all:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
