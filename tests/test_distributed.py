@@ -125,7 +125,8 @@ def cli_args(name, out):
     # whose gradient is near zero; SGD keeps the two runs' weights within rounding of each other.
     # (EWC's default lambda of 1e7 is tuned for Adam; with SGD it needs a strength SGD can take.)
     extra = ["--set", "lambda_=100"] if name == "ewc" else []
-    return ["run", *extra, "--set", "optimizer=sgd", "--set", "lr=0.01", "--method", name, *data_args(name), "--scenario", scenario_of(name), "--seeds", "1",
+    return ["run", *extra, "--set", "optimizer=sgd", "--set", "lr=0.01", "--method", name, *data_args(name),
+            "--scenario", scenario_of(name), "--seeds", "1",
             "--batch-size", "16", "--threads", "1", "--no-progress", "--out", str(out), "--checkpoint-every", "1000"]
 
 
