@@ -115,41 +115,38 @@ def _split_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _parse_stream_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``--stream key=value``: the value is read as JSON (numbers, lists, true/false), else kept as a string."""
-    import inspect
-
-    from cltk.streams.builders import make_stream
-
-    allowed = [p for p in inspect.signature(make_stream).parameters if p not in ("benchmark", "scenario", "seed")]
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CLIError(f"--stream expects key=value, got {item!r}")
-        if key not in allowed:
-            raise CLIError(f"--stream {key}: make_stream has no argument {key!r}; arguments: {', '.join(allowed)}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def _parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
-    """``--model-arg key=value``: a keyword argument of the model's constructor (JSON value, else a string)."""
+def _parse_json_pairs(items: Sequence[str], option: str, allowed: Optional[Sequence[str]] = None,
+                      owner: str = "") -> dict[str, Any]:
+    """``key=value`` items of ``option``: each value is read as JSON (numbers, lists, true/false), else kept as a
+    string. ``allowed``: the accepted keys (any identifier when None), named in the error with ``owner``."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise CLIError(f"--model-arg expects key=value, got {item!r}")
+            raise CLIError(f"{option} expects key=value, got {item!r}")
+        if allowed is not None and key not in allowed:
+            raise CLIError(f"{option} {key}: {owner} has no argument {key!r}; arguments: {', '.join(allowed)}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _parse_stream_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--stream key=value``: a :func:`make_stream` argument."""
+    import inspect
+
+    from cltk.streams.builders import make_stream
+
+    allowed = [p for p in inspect.signature(make_stream).parameters if p not in ("benchmark", "scenario", "seed")]
+    return _parse_json_pairs(items, "--stream", allowed, "make_stream")
+
+
+def _parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    """``--model-arg key=value``: a keyword argument of the model's constructor."""
+    return _parse_json_pairs(items, "--model-arg")
 
 
 def _csv_list(text: Optional[str], what: str) -> list[str]:
