@@ -295,19 +295,24 @@ def load_meta_checkpoint(path: str, rln: nn.Module, pln_body: nn.Module) -> dict
 
 @dataclass
 class MetaRepConfig(MethodConfig):
-    """Fields shared by OML and MAML-Rep. Values from the paper (Javed & White 2019, Omniglot, and the mrcl code)
-    unless marked cltk.
+    """Fields shared by OML and MAML-Rep. "paper": Javed & White 2019 (Omniglot) and its code (mrcl); "cltk": a
+    value of this toolkit, scaled down for CPU or needed by the harness.
 
-    The stream is learned with ``optimizer``/``lr`` (Adam 1e-3, cltk: the same as ``finetune``, so the two differ
-    only in the frozen meta-learned RLN; the paper uses online SGD at a grid-searched rate). ``pln_layers`` 2 (paper:
-    the PLN is the last two fully connected layers); ``meta_dataset`` ``"auto"``: Fashion-MNIST for streams without
-    it, MNIST-5k otherwise; the stream's own data set means its unused classes (cltk); ``meta_checkpoint``: a file
-    to load the meta-learned weights from, or to write them to when it does not exist yet ("" = meta-train every
-    run, cltk); ``meta_steps`` 3000 (cltk: about a CPU-minute for the MLP at 1 thread; the paper trains for tens of thousands);
-    ``meta_lr`` 1e-3 (cltk; paper 1e-4 with far more steps); ``inner_lr`` 0.03 (paper); ``n_way`` 3 classes
-    per episode, ``support_per_class`` 5, ``query_per_class`` 5 (mrcl code); ``first_order`` False (paper: second
-    order); ``meta_per_class`` 500 images of each meta-training class (cltk); ``meta_seed`` 0 draws those images and
-    the episodes (cltk).
+    * ``optimizer``, ``lr``: how the stream trains the PLN; Adam 1e-3 (cltk: as ``finetune``, so the two differ only
+      in the frozen meta-learned RLN; the paper trains online with SGD at a grid-searched rate).
+    * ``pln_layers`` 2 (paper: the PLN is the last two fully connected layers).
+    * ``meta_dataset`` ``"auto"`` (cltk): Fashion-MNIST for streams without it, MNIST-5k otherwise; naming the
+      stream's own data set (split streams only) meta-trains on the classes the stream does not use.
+    * ``meta_checkpoint`` (cltk): a file to load the meta-learned RLN and PLN initialisation from; when it does not
+      exist yet, meta-training writes it. A loaded file is used whatever its meta-training settings were; only the
+      architecture (and ``pln_layers``) must match. "" meta-trains in every run.
+    * ``meta_steps`` 3000 (cltk: about one CPU-minute for the MLP at 1 thread; the paper meta-trains far longer),
+      ``meta_lr`` 1e-3 (cltk; paper 1e-4), Adam.
+    * ``inner_lr`` 0.03 (paper); ``n_way`` 3 classes per episode, ``support_per_class`` 5, ``query_per_class`` 5
+      (the mrcl code's Omniglot setting).
+    * ``first_order`` False (paper: second order through the inner loop).
+    * ``meta_per_class`` 500 images of each meta-training class, drawn with ``meta_seed`` 0, which also draws the
+      episodes (cltk).
     """
 
     pln_layers: int = 2
