@@ -26,6 +26,7 @@ layer) keeps its initialisation, since its classes are other classes.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -353,6 +354,10 @@ class MetaRepConfig(MethodConfig):
                              f"got {self.meta_per_class}")
 
 
+_MEMO: "OrderedDict[str, tuple[dict, dict, list[float], dict]]" = OrderedDict()
+_MEMO_SIZE = 4
+
+
 class MetaRepMethod(Method):
     """Meta-learn the RLN in :meth:`setup` (or load it from ``meta_checkpoint``), then freeze it: the stream trains
     the PLN only. Subclasses set ``inner_mode`` and :meth:`learner_kwargs`."""
@@ -379,15 +384,48 @@ class MetaRepMethod(Method):
             p.requires_grad_(False)
         return model
 
+    def _cache_key(self, stream: Stream, pln_body: nn.Module) -> str:
+        """Everything meta-training depends on: the method, its meta-training fields, the meta-training data and
+        the initial RLN and PLN weights (it draws from no global RNG)."""
+        import hashlib
+        import json
+        c = self.config
+        fields = {k: v for k, v in vars(c).items()
+                  if k not in ("optimizer", "lr", "momentum", "weight_decay", "meta_checkpoint")}
+        doc = {"method": self.name, "mode": self.inner_mode, "config": fields,
+               "data": resolve_meta_dataset(c.meta_dataset, stream), "shape": list(stream.input_shape),
+               "out": [list(self.pln)[-1].in_features, list(self.pln)[-1].bias is not None],
+               "params": _signature(self.rln, pln_body)}
+        h = hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode())
+        for p in [*self.rln.parameters(), *pln_body.parameters()]:
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def meta_train(self, stream: Stream, pln_body: nn.Module) -> dict:
+        """Meta-train ``self.rln`` and ``pln_body`` in place; returns a summary. A result already computed in this
+        process from the same inputs (see :meth:`_cache_key`) is reused: runs that differ only in the scenario
+        or the stream's optimizer share one meta-training."""
         import time
         c = self.config
+        key = self._cache_key(stream, pln_body)
+        hit = _MEMO.get(key)
+        if hit is not None:
+            _MEMO.move_to_end(key)
+            rln_state, pln_state, losses, info = hit
+            self.rln.load_state_dict(rln_state)
+            pln_body.load_state_dict(pln_state)
+            self.meta_losses = list(losses)
+            return {**info, "reused": True}
         x, y = meta_training_set(c.meta_dataset, stream, c.meta_per_class, c.meta_seed)
         device = next(self.rln.parameters()).device
         head = list(self.pln)[-1]
-        out = nn.Linear(head.in_features, int(y.max()) + 1, bias=head.bias is not None).to(device)
+        n_classes = int(y.max()) + 1
+        out = torch.nn.utils.skip_init(nn.Linear, head.in_features, n_classes, bias=head.bias is not None,
+                                       device=device)
+        g = torch.Generator().manual_seed(c.meta_seed + 1)   # not the global RNG: the run's draws stay the same
         with torch.no_grad():
-            nn.init.kaiming_normal_(out.weight, nonlinearity="relu")
+            out.weight.copy_(torch.randn(n_classes, head.in_features, generator=g)
+                             * math.sqrt(2.0 / head.in_features))
             if out.bias is not None:
                 out.bias.zero_()
         learner = MetaLearner(self.rln, pln_body, out, x.to(device), y.to(device), mode=self.inner_mode,
@@ -400,9 +438,14 @@ class MetaRepMethod(Method):
         self.meta_losses = [learner.step() for _ in range(c.meta_steps)]
         self.model.train(was)
         tail = self.meta_losses[-50:]
-        return {"meta_steps": c.meta_steps, "meta_cpu_s": time.process_time() - t0,
-                "meta_loss_last50": sum(tail) / len(tail) if tail else float("nan"),
-                "meta_classes": int(y.max()) + 1}
+        info = {"meta_steps": c.meta_steps, "meta_cpu_s": time.process_time() - t0,
+                "meta_loss_last50": sum(tail) / len(tail) if tail else float("nan"), "meta_classes": n_classes,
+                "reused": False}
+        _MEMO[key] = ({k: v.detach().clone() for k, v in self.rln.state_dict().items()},
+                      {k: v.detach().clone() for k, v in pln_body.state_dict().items()}, list(self.meta_losses), info)
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+        return dict(info)
 
     def state_dict(self) -> dict:
         return {"meta_info": dict(getattr(self, "meta_info", {}))}

@@ -203,3 +203,29 @@ def test_unknown_meta_dataset_is_reported():
     stream = tiny_stream("class")
     with pytest.raises(ValueError, match="no-such-set"):
         get_method("oml", meta_dataset="no-such-set", **TINY).setup(tiny_mlp(stream), stream)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_meta_training_is_deterministic_reused_and_leaves_the_global_rng(name):
+    from cltk.meta import oml as meta
+    stream = tiny_stream("class")
+    meta._MEMO.clear()
+    model = tiny_mlp(stream)
+    rng = torch.get_rng_state()
+    first = get_method(name, **TINY)
+    first.setup(model, stream)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert first.meta_info["reused"] is False
+    again = get_method(name, **TINY)
+    again.setup(tiny_mlp(stream), stream)                 # same initial weights: the in-process result is reused
+    assert again.meta_info["reused"] is True and again.meta_losses == first.meta_losses
+    meta._MEMO.clear()
+    fresh = get_method(name, **TINY)
+    fresh.setup(tiny_mlp(stream), stream)                 # recomputed: the same weights
+    assert fresh.meta_info["reused"] is False
+    for a, b, c in zip(first.model.parameters(), again.model.parameters(), fresh.model.parameters()):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    other = get_method(name, meta_seed=1, **TINY)
+    other.setup(tiny_mlp(stream), stream)                 # another meta-training setting: not reused
+    assert other.meta_info["reused"] is False
+    assert any(not torch.equal(a, b) for a, b in zip(first.rln.parameters(), other.rln.parameters()))
