@@ -16,9 +16,11 @@ __all__ = ["MAMLRep", "MAMLRepConfig"]
 class MAMLRepConfig(MetaRepConfig):
     """:class:`~cltk.meta.oml.MetaRepConfig` plus ``inner_steps``: full-batch SGD steps on the episode's
     ``n_way * support_per_class`` support images, 5 (cltk: MAML's (Finn et al. 2017) Omniglot setting; the OML
-    paper does not give its value)."""
+    paper does not give its value); ``meta_lr`` 1e-4 (paper; OML's cltk default of 1e-3 let MAML-Rep's meta-loss
+    drift back up within 3000 steps on Fashion-MNIST, see docs/methods_meta.md)."""
 
     inner_steps: int = 5
+    meta_lr: float = 1e-4
 
     def validate(self) -> None:
         super().validate()
