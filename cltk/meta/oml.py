@@ -308,7 +308,7 @@ class MetaRepConfig(MethodConfig):
       exist yet, meta-training writes it. A loaded file is used whatever its meta-training settings were; only the
       architecture (and ``pln_layers``) must match. "" meta-trains in every run.
     * ``meta_steps`` 3000 (cltk: about one CPU-minute for the MLP at 1 thread; the paper meta-trains far longer),
-      ``meta_lr`` 1e-3 (cltk; paper 1e-4), Adam.
+      ``meta_lr`` 1e-3 (cltk, OML; paper 1e-4, which MAML-Rep keeps), Adam.
     * ``inner_lr`` 0.03 (paper); ``n_way`` 3 classes per episode, ``support_per_class`` 5, ``query_per_class`` 5
       (the mrcl code's Omniglot setting).
     * ``first_order`` False (paper: second order through the inner loop).
