@@ -22,6 +22,10 @@ One meta-step (:meth:`MetaLearner.episode_loss`):
 
 The meta-training output layer has one row per meta-training class; the stream's own output layer (the model's last
 layer) keeps its initialisation, since its classes are other classes.
+
+Meta-training draws from its own generators (``meta_seed``), never from the global RNG, so it is a function of the
+initial weights, the config and the meta-training data; :class:`MetaRepMethod` reuses an identical result computed
+earlier in the process, and ``meta_checkpoint`` saves it to a file.
 """
 from __future__ import annotations
 
@@ -154,6 +158,8 @@ def meta_training_set(meta_dataset: str, stream: Stream, per_class: int, seed: i
 
 @dataclass
 class Episode:
+    """One meta-training episode, as indices into the meta-training set."""
+
     classes: Tensor      # int64 [n_way]
     support: Tensor      # int64 indices into the meta-training set, class by class
     query: Tensor        # int64 indices: query images of the same classes, then the remember set
@@ -186,7 +192,7 @@ class MetaLearner:
         if short:
             raise ValueError(f"meta-training classes {short} have fewer than support_per_class + query_per_class = "
                              f"{need} images")
-        self.params = [p for p in [*rln.parameters(), *self.pln.parameters()]]
+        self.params = [*rln.parameters(), *self.pln.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=meta_lr)
         self.generator = torch.Generator().manual_seed(seed)
 
