@@ -53,8 +53,8 @@ PRESETS: dict[str, Preset] = {
         scenarios=("task",), seeds=(0, 1, 2), iters=200, model="efficientnet-lite0", batch_size=32),
     "text": Preset(
         description="continual fine-tuning of pretrained MiniLM-L6 on BBC topic, drug sentiment, drug condition "
-                    "(task-IL, 3 seeds): FT, MIGU, LoRA, MIGU-LoRA, O-LoRA, ER",
-        methods=("finetune", "migu", "lora", "migu-lora", "o-lora", "er"), benchmark="text-3tasks",
+                    "(task-IL, 3 seeds): FT, MIGU, LoRA, MIGU-LoRA, O-LoRA, ER, ER+MIGU",
+        methods=("finetune", "migu", "lora", "migu-lora", "o-lora", "er", "er-migu"), benchmark="text-3tasks",
         scenarios=("task",), seeds=(0, 1, 2), iters=50, model="minilm", batch_size=16),
 }
 
