@@ -390,6 +390,30 @@ def format_breakdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """README table: per size and provider, the step and its phases (ms), the overhead over the vanilla step and the
+    peak extra memory."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["shape"], r["provider"]), {})[r["mode"]] = r
+    base = {s: float(d["step"]["median_s"]) for (s, p), d in by.items() if p == VANILLA and "step" in d}
+    order = list(PROVIDERS)
+    keys = sorted((k for k in by if "step" in by[k]),
+                  key=lambda k: (float(k[0].split("(")[1].split("M")[0]),
+                                 order.index(k[1]) if k[1] in order else len(order)))
+    out = ["| size | provider | step (ms) | p20..p80 | forward | magnitude | backward | mask | optimizer | "
+           f"vs {VANILLA} | peak extra |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for shape, prov in keys:
+        d = by[(shape, prov)]
+        step = float(d["step"]["median_s"])
+        ov = f"{100 * (step / base[shape] - 1):+.1f}%" if shape in base else "–"
+        phases = " | ".join(f"{1e3 * float(d[p]['median_s']):.0f}" if p in d else "–" for p in PHASES)
+        out.append(f"| {shape.split(' (')[0]} ({shape.split('(')[1].split(' params')[0]}) | {prov} | {1e3 * step:.0f} | "
+                   f"{1e3 * float(d['step']['p20_s']):.0f}..{1e3 * float(d['step']['p80_s']):.0f} | {phases} | {ov} | "
+                   f"{float(d['step']['peak_extra_bytes']) / 2**30:.2f} GiB |")
+    return "\n".join(out)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cltk.benchmark.scaling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10M,30M,100M", help=f"comma-separated, from {list(SIZES)}")
@@ -405,6 +429,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "memory the machine has available now")
     ap.add_argument("--out", default=None, help="folder for scaling.csv, scaling.json and scaling.png "
                     "(default: bench/results)")
+    ap.add_argument("--report", action="store_true",
+                    help="measure nothing: print the markdown table of the newest rows in scaling.csv and redraw "
+                         "scaling.png")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sizes = [s for s in a.sizes.split(",") if s]
@@ -435,6 +462,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = a.out or os.path.join(find_bench_dir(), "results")
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, "scaling.csv")
+    if a.report:
+        from cltk.benchmark.results import read_rows
+
+        latest = _latest_per_key(read_rows(csv_path))
+        print(markdown_table(latest))
+        print(plot_overhead(latest, os.path.join(out, "scaling.png")))
+        return 0
     json_path = os.path.join(out, "scaling.json")
     all_rows: list[dict] = []
     for size in sizes:
