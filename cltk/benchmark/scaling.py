@@ -411,7 +411,8 @@ def markdown_table(rows: list[dict]) -> str:
         step = float(d["step"]["median_s"])
         ov = f"{100 * (step / base[shape] - 1):+.1f}%" if shape in base else "–"
         phases = " | ".join(f"{1e3 * float(d[p]['median_s']):.0f}" if p in d else "–" for p in PHASES)
-        out.append(f"| {shape.split(' (')[0]} ({shape.split('(')[1].split(' params')[0]}) | {prov} | {1e3 * step:.0f} | "
+        size = f"{shape.split(' (')[0]} ({shape.split('(')[1].split(' params')[0]})"
+        out.append(f"| {size} | {prov} | {1e3 * step:.0f} | "
                    f"{1e3 * float(d['step']['p20_s']):.0f}..{1e3 * float(d['step']['p80_s']):.0f} | {phases} | {ov} | "
                    f"{float(d['step']['peak_extra_bytes']) / 2**30:.2f} GiB |")
     return "\n".join(out)
