@@ -1,5 +1,5 @@
 """Scaling runs of GPT-style decoders (10M..1B parameters): per-step time, phase breakdown and peak memory per
-optimizer provider; appends to bench/results/scaling.csv and draws bench/results/scaling_overhead.png.
+optimizer provider; appends to bench/results/scaling.csv and scaling.json and draws bench/results/scaling.png.
 
     python bench/scaling/run_scaling.py --sizes 10M,30M,100M --steps 3
     python bench/scaling/run_scaling.py --sizes 300M --providers adamw_fused,hook_quantile_ref

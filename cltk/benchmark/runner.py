@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from typing import Any, Callable, Optional
 
 import torch
 
 from cltk.benchmark.bandwidth import Bandwidth, machine_bandwidth
 from cltk.benchmark.case import Case
-from cltk.benchmark.memory import case_peak_extra_bytes
+from cltk.benchmark.memory import case_peaks_extra_bytes
 from cltk.benchmark.results import environment_fields
 from cltk.benchmark.timing import compare
 
@@ -24,6 +25,12 @@ def bench_device() -> str:
     return dev
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the memory subprocesses)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def run_case(case: Case, *, bench_file: Optional[str] = None, quick: bool = False, memory: bool = True,
              threads: int = 1, bandwidth: Optional[Bandwidth] = None,
              log: Callable[[str], Any] = print) -> list[dict[str, Any]]:
@@ -32,18 +39,22 @@ def run_case(case: Case, *, bench_file: Optional[str] = None, quick: bool = Fals
     if bandwidth is None:
         bandwidth = machine_bandwidth(device=dev, threads=threads)
     log(f"  {case.id}: timing {', '.join(case.providers)} ({case.runs} runs, {threads} thread)")
+    t_start, c_start = time.time(), _cpu_seconds()
     fns = case.build_checked()
     setup = (lambda: case.setup(fns)) if case.setup is not None else None
     results = compare(fns, baseline=case.baseline, runs=case.runs, warmup=case.warmup, setup=setup,
                       threads=threads, device=dev if dev.type == "cuda" else None)
     del fns, setup
     gc.collect()
+    t_timed, c_timed = time.time(), _cpu_seconds()
     peaks: dict[str, Optional[int]] = {n: None for n in case.providers}
     if memory and case.memory:
         if bench_file is None:
             raise ValueError(f"run_case: case {case.id} measures memory, so bench_file must be given")
-        for n in case.providers:
-            peaks[n] = case_peak_extra_bytes(bench_file, case.id, n, quick=quick, threads=threads)
+        peaks.update(case_peaks_extra_bytes(bench_file, case.id, list(case.providers), quick=quick, threads=threads))
+    t_end, c_end = time.time(), _cpu_seconds()
+    log(f"    {case.id}: build + timing {t_timed - t_start:.1f} s wall ({c_timed - c_start:.1f} s CPU), "
+        f"memory {t_end - t_timed:.1f} s wall ({c_end - c_timed:.1f} s CPU incl. subprocesses)")
     env = environment_fields(str(dev), threads)
     machine = bandwidth.get(case.bandwidth)
     rows = []

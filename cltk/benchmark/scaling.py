@@ -218,8 +218,12 @@ def _status_kib(key: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
-def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, threads: int, lr: float = 1e-4) -> dict:
-    """One (size, provider) run in this process; returns medians of every phase and the peak memory."""
+def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, threads: int, lr: float = 1e-4,
+           seq_len: Optional[int] = None) -> dict:
+    """One (size, provider) run in this process; returns medians of every phase and the peak memory.
+
+    seq_len: tokens per sequence fed to the model (<= the config's context length, which sets the position table);
+    default the full context. Tokens per step = batch x seq_len."""
     if size not in SIZES:
         raise ValueError(f"scaling: size must be one of {list(SIZES)}, got {size!r}")
     if provider not in PROVIDERS:
@@ -227,8 +231,11 @@ def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, thr
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = SIZES[size]
+    seq_len = cfg.seq_len if seq_len is None else seq_len
+    if not 1 <= seq_len <= cfg.seq_len:
+        raise ValueError(f"scaling: seq_len must be in [1, {cfg.seq_len}], got {seq_len}")
     model = GPT(cfg)
-    x, y = token_batch(batch, cfg.seq_len, cfg.vocab_size)
+    x, y = token_batch(batch, seq_len, cfg.vocab_size)
     n_params = model.num_parameters()
     prov = PROVIDERS[provider](model, lr)
     gc.collect()
@@ -262,8 +269,8 @@ def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, thr
     if prov.close is not None:
         prov.close()
     return {
-        "size": size, "provider": provider, "params": n_params, "batch": batch, "seq_len": cfg.seq_len,
-        "tokens_per_step": batch * cfg.seq_len, "threads": threads, "steps": steps, "warmup": warmup,
+        "size": size, "provider": provider, "params": n_params, "batch": batch, "seq_len": seq_len,
+        "tokens_per_step": batch * seq_len, "threads": threads, "steps": steps, "warmup": warmup,
         "note": prov.note, "losses": losses,
         "median_s": {p: statistics.median(v) for p, v in times.items()},
         "p20_s": {p: _pct(v, 20) for p, v in times.items()},
@@ -280,7 +287,7 @@ def _pct(v: list[float], q: float) -> float:
 
 
 def run_in_subprocess(size: str, provider: str, *, steps: int, warmup: int, batch: int, threads: int,
-                      timeout: float = 3600.0) -> dict:
+                      seq_len: Optional[int] = None, timeout: float = 3600.0) -> dict:
     """Run ``worker`` in a fresh interpreter; raises ProviderUnavailable if the provider is missing there."""
     import cltk
 
@@ -290,6 +297,8 @@ def run_in_subprocess(size: str, provider: str, *, steps: int, warmup: int, batc
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [sys.executable, "-m", "cltk.benchmark.scaling", "--worker", "--sizes", size, "--providers", provider,
            "--steps", str(steps), "--warmup", str(warmup), "--batch", str(batch), "--threads", str(threads)]
+    if seq_len is not None:
+        cmd += ["--seq-len", str(seq_len)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     for line in proc.stdout.splitlines():
         if line.startswith(_MARK):
@@ -347,15 +356,18 @@ def plot_overhead(rows: list[dict], path: str) -> str:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
         ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=prov)
     ax.axhline(0, color="k", lw=0.8)
+    ax.set_yscale("symlog", linthresh=20)  # linear within +-20 %, logarithmic beyond (AWM via F.interpolate: ~+280 %)
+    ticks = [-10, 0, 5, 10, 20, 50, 100, 200, 400]
+    ax.set_yticks(ticks, [f"{t:+d}" if t else "0" for t in ticks])
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"step time overhead vs {VANILLA} (%)")
     ax.set_title("per-step time overhead (process CPU time, 1 thread)", fontsize=9)
-    ax.legend(fontsize=7)
     ax2.set_xscale("log")
     ax2.set_xlabel("parameters")
     ax2.set_ylabel("peak extra RSS during training (GiB)")
     ax2.set_title("peak memory above the built model", fontsize=9)
+    ax2.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     tmp = f"{path}.tmp.{os.getpid()}.png"
     fig.savefig(tmp, dpi=110)
@@ -381,6 +393,31 @@ def format_breakdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """README table: per size and provider, the step and its phases (ms), the overhead over the vanilla step and the
+    peak extra memory."""
+    by: dict = {}
+    for r in rows:
+        by.setdefault((r["shape"], r["provider"]), {})[r["mode"]] = r
+    base = {s: float(d["step"]["median_s"]) for (s, p), d in by.items() if p == VANILLA and "step" in d}
+    order = list(PROVIDERS)
+    keys = sorted((k for k in by if "step" in by[k]),
+                  key=lambda k: (float(k[0].split("(")[1].split("M")[0]),
+                                 order.index(k[1]) if k[1] in order else len(order)))
+    out = ["| size | provider | step (ms) | p20..p80 | forward | magnitude | backward | mask | optimizer | "
+           f"vs {VANILLA} | peak extra |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for shape, prov in keys:
+        d = by[(shape, prov)]
+        step = float(d["step"]["median_s"])
+        ov = f"{100 * (step / base[shape] - 1):+.1f}%" if shape in base else "–"
+        phases = " | ".join(f"{1e3 * float(d[p]['median_s']):.0f}" if p in d else "–" for p in PHASES)
+        size = f"{shape.split(' (')[0]} ({shape.split('(')[1].split(' params')[0]})"
+        out.append(f"| {size} | {prov} | {1e3 * step:.0f} | "
+                   f"{1e3 * float(d['step']['p20_s']):.0f}..{1e3 * float(d['step']['p80_s']):.0f} | {phases} | {ov} | "
+                   f"{float(d['step']['peak_extra_bytes']) / 2**30:.2f} GiB |")
+    return "\n".join(out)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cltk.benchmark.scaling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10M,30M,100M", help=f"comma-separated, from {list(SIZES)}")
@@ -388,9 +425,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per run (after warm-up)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--batch", type=int, default=2, help="sequences per step; tokens/step = batch x seq_len (256)")
+    ap.add_argument("--seq-len", dest="seq_len", type=int, default=None,
+                    help="tokens per sequence (<= the context length, 256); default the full context")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="folder for scaling.csv and scaling_overhead.png "
+    ap.add_argument("--max-gb", dest="max_gb", type=float, default=8.0,
+                    help="skip a size whose estimated footprint (see estimate_bytes) exceeds this many GiB or the "
+                         "memory the machine has available now")
+    ap.add_argument("--out", default=None, help="folder for scaling.csv, scaling.json and scaling.png "
                     "(default: bench/results)")
+    ap.add_argument("--report", action="store_true",
+                    help="measure nothing: print the markdown table of the newest rows in scaling.csv and redraw "
+                         "scaling.png")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sizes = [s for s in a.sizes.split(",") if s]
@@ -401,12 +446,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     for p in provs:
         if p not in PROVIDERS:
             ap.error(f"--providers: each provider must be one of {list(PROVIDERS)}, got {p!r}")
+    if a.seq_len is not None and a.seq_len < 1:
+        ap.error(f"--seq-len must be >= 1, got {a.seq_len}")
     for name in ("steps", "batch", "threads"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be >= 1, got {getattr(a, name)}")
     if a.worker:
         try:
-            res = worker(sizes[0], provs[0], steps=a.steps, warmup=a.warmup, batch=a.batch, threads=a.threads)
+            res = worker(sizes[0], provs[0], steps=a.steps, warmup=a.warmup, batch=a.batch, threads=a.threads,
+                         seq_len=a.seq_len)
         except ProviderUnavailable as e:
             res = {"unavailable": str(e)}
         print(_MARK + json.dumps(res), flush=True)
@@ -418,13 +466,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = a.out or os.path.join(find_bench_dir(), "results")
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, "scaling.csv")
+    if a.report:
+        from cltk.benchmark.results import read_rows
+
+        latest = _latest_per_key(read_rows(csv_path))
+        print(markdown_table(latest))
+        print(plot_overhead(latest, os.path.join(out, "scaling.png")))
+        return 0
+    json_path = os.path.join(out, "scaling.json")
     all_rows: list[dict] = []
     for size in sizes:
+        need = estimate_bytes(SIZES[size], a.batch * (a.seq_len or SIZES[size].seq_len))
+        avail = _mem_available_bytes()
+        if need > a.max_gb * 2**30 or (avail is not None and need > avail):
+            print(f"  {size}: not measured: estimated footprint {need / 2**30:.1f} GiB exceeds --max-gb "
+                  f"{a.max_gb:g} or the {avail / 2**30 if avail else float('nan'):.1f} GiB available now", flush=True)
+            continue
         size_rows: list[dict] = []
         for prov in provs:
             t0 = time.time()
             try:
-                res = run_in_subprocess(size, prov, steps=a.steps, warmup=a.warmup, batch=a.batch, threads=a.threads)
+                res = run_in_subprocess(size, prov, steps=a.steps, warmup=a.warmup, batch=a.batch, threads=a.threads,
+                                        seq_len=a.seq_len)
             except ProviderUnavailable as e:
                 print(f"  {size} {prov}: skipped: {e}", flush=True)
                 continue
@@ -432,6 +495,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"{res['peak_extra_bytes'] / 2**30:.2f} GiB, loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f} "
                   f"({time.time() - t0:.0f} s wall)", flush=True)
             size_rows.extend(rows_from_result(res, environment_fields("cpu", a.threads)))
+            _append_json(json_path, res)
         add_ratios(size_rows)
         append_rows(csv_path, size_rows)  # per size, so a long run keeps what it finished
         all_rows.extend(size_rows)
@@ -441,9 +505,43 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(format_breakdown(all_rows))
     from cltk.benchmark.results import read_rows
 
-    png = plot_overhead(_latest_per_key(read_rows(csv_path)), os.path.join(out, "scaling_overhead.png"))
+    png = plot_overhead(_latest_per_key(read_rows(csv_path)), os.path.join(out, "scaling.png"))
     print(f"{len(all_rows)} rows appended to {csv_path}; plot {png}")
     return 0
+
+
+def estimate_bytes(cfg: Any, tokens: int) -> int:
+    """Resident bytes a full fine-tuning step with AdamW needs, roughly: fp32 parameters, gradients and two moment
+    buffers (16 bytes per parameter) plus activations (about 40 fp32 values per token per layer and width, and the
+    logits with their gradient)."""
+    n = cfg.num_parameters()
+    return 16 * n + 4 * tokens * (40 * cfg.n_layer * cfg.d_model + 3 * cfg.vocab_size)
+
+
+def _mem_available_bytes() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _append_json(path: str, res: dict) -> None:
+    """Add one worker result (phases, percentiles, losses, provider note) to a JSON list, atomically."""
+    data = []
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    data.append({**res, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _latest_per_key(rows: list[dict]) -> list[dict]:

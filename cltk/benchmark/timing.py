@@ -116,12 +116,18 @@ class _Clock:
         return (time.process_time() - t0) / number
 
 
-def calibrate_number(fn: Callable[[], Any], clock: _Clock, min_time: float) -> int:
+def calibrate_number(fn: Callable[[], Any], clock: _Clock, min_time: float, first: Optional[float] = None) -> int:
     """Calls per sample so that one sample lasts at least ``min_time`` s (process CPU time has ~1 us
-    resolution but scheduler noise of tens of us; a 1 us kernel needs repeating)."""
+    resolution but scheduler noise of tens of us; a 1 us kernel needs repeating).
+
+    first: the seconds of one call already timed (the last warm-up call); it stands for the first probe, so a slow
+    kernel (one call >= min_time) is not called again just to learn that one call per sample is enough."""
     number = 1
     while True:
-        t = clock.time(fn, number)
+        if first is not None:
+            t, first = first, None
+        else:
+            t = clock.time(fn, number)
         if t * number >= min_time or number >= 1 << 20:
             return number
         number *= 10 if t * number < min_time / 10 else 2
@@ -179,11 +185,12 @@ def compare(
     samples: dict[str, list[float]] = {n: [] for n in names}
     with num_threads(threads):
         clock = _Clock(device)
+        last_warmup: dict[str, float] = {}
         for _ in range(warmup):
             for n in names:
                 if setup is not None:
                     setup()
-                providers[n]()
+                last_warmup[n] = clock.time(providers[n], 1)  # untimed for the results; reused by calibration
         numbers = {}
         for n in names:
             if number is not None:
@@ -191,7 +198,7 @@ def compare(
             elif setup is not None:
                 numbers[n] = 1
             else:
-                numbers[n] = calibrate_number(providers[n], clock, min_time)
+                numbers[n] = calibrate_number(providers[n], clock, min_time, first=last_warmup.get(n))
         for i in range(runs):
             for k in range(len(names)):
                 n = names[(i + k) % len(names)]

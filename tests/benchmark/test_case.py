@@ -7,7 +7,7 @@ import pytest
 
 import cltk.benchmark as bench
 from cltk.benchmark.case import Case, discover, find_bench_dir, load_cases
-from cltk.benchmark.memory import CallableSpec, case_peak_extra_bytes, peak_extra_bytes
+from cltk.benchmark.memory import CallableSpec, case_peak_extra_bytes, case_peaks_extra_bytes, peak_extra_bytes
 from cltk.benchmark.results import read_rows
 
 TOY = textwrap.dedent('''
@@ -82,6 +82,18 @@ def test_peak_extra_memory_sees_a_temporary_and_not_an_out_write(toy_bench):
     # the 16 MiB temporary, within the slack of the kernel's per-CPU RSS counters (a few hundred KiB)
     assert alloc >= 15 * 2**20
     assert inplace < 1 * 2**20
+
+
+def test_batched_peaks_match_one_process_per_provider(toy_bench):
+    path = str(toy_bench / "bench_toy.py")
+    both = case_peaks_extra_bytes(path, "toy/forward/4194304", ["alloc", "inplace"])
+    assert set(both) == {"alloc", "inplace"}
+    separate = case_peak_extra_bytes(path, "toy/forward/4194304", "alloc")
+    assert abs(both["alloc"] - separate) < 2**20  # same 16 MiB temporary, within the RSS counters' slack
+    assert both["inplace"] < 1 * 2**20
+    # the order does not matter: the first provider's temporary is gone before the second is measured
+    rev = case_peaks_extra_bytes(path, "toy/forward/4194304", ["inplace", "alloc"])
+    assert rev["inplace"] < 1 * 2**20 and abs(rev["alloc"] - separate) < 2**20
 
 
 def test_peak_extra_bytes_needs_a_spec():

@@ -101,5 +101,24 @@ def test_rows_and_overhead(tmp_path):
     steps = {r["provider"]: r for r in rows if r["mode"] == "step"}
     assert steps["adamw_fused"]["ratio"] == 1.0 and steps["other"]["ratio"] == 0.8
     assert "+25.0%" in scaling.format_breakdown(rows)
+    table = scaling.markdown_table(rows).splitlines()
+    assert len(table) == 4 and "| 10M (10.5M) | adamw_fused | 1000 |" in table[2] and "+25.0%" in table[3]
     png = scaling.plot_overhead(rows, str(tmp_path / "o.png"))
     assert (tmp_path / "o.png").stat().st_size > 1000 and png.endswith("o.png")
+
+
+def test_seq_len_sets_the_tokens_per_step_and_is_checked(monkeypatch):
+    monkeypatch.setitem(scaling.SIZES, "tiny", TINY)
+    with num_threads(torch.get_num_threads()):
+        res = scaling.worker("tiny", "adamw_fused", steps=1, warmup=0, batch=1, threads=1, seq_len=8)
+        assert res["tokens_per_step"] == 8 and res["seq_len"] == 8
+        with pytest.raises(ValueError, match=r"seq_len must be in \[1, 16\], got 17"):
+            scaling.worker("tiny", "adamw_fused", steps=1, warmup=0, batch=1, threads=1, seq_len=17)
+
+
+def test_footprint_estimate_covers_adamw_state():
+    # fp32 parameters, gradients and two moments: 16 bytes per parameter at least
+    for cfg in SIZES.values():
+        assert scaling.estimate_bytes(cfg, 256) > 16 * cfg.num_parameters()
+    big, small = scaling.estimate_bytes(SIZES["1B"], 256), scaling.estimate_bytes(SIZES["300M"], 256)
+    assert big > 15 * 2**30 > 8 * 2**30 > small

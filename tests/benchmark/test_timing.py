@@ -44,6 +44,22 @@ def test_compare_interleaves_providers_round_robin():
     assert timed == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
 
 
+def test_a_slow_provider_is_called_warmup_plus_runs_times():
+    # one call >= min_time: the last warm-up call serves as the calibration probe, no extra call
+    calls = {"slow": 0, "fast": 0}
+
+    def slow():
+        calls["slow"] += 1
+        _busy(200000)()
+
+    def fast():
+        calls["fast"] += 1
+
+    res = compare({"slow": slow, "fast": fast}, baseline="slow", runs=9, warmup=1, min_time=1e-3)
+    assert calls["slow"] == 1 + 9 and res["slow"].timing.runs == 9
+    assert calls["fast"] > 1 + 9  # a short call is still repeated inside each sample
+
+
 def test_setup_runs_before_every_timed_call():
     state = {"setups": 0, "calls": 0}
 
