@@ -4,7 +4,8 @@ Random shapes (empty, size-1 and odd sizes included), memory layouts (contiguous
 slices), dtypes (each op's supported ones) and special values (NaN, +-Inf placed at random) are drawn by hypothesis;
 every draw checks the op against its plain-PyTorch reference:
 
-* non-finite values must propagate as the reference propagates them: the NaN pattern and the +-Inf pattern are equal;
+* non-finite values must propagate as the reference propagates them: the NaN pattern and the +-Inf pattern are equal
+  (for bf16 / fp16 those of the fp32 reference rounded to the dtype, see ``assert_same``);
 * finite values agree within ``cltk.testing.tolerances``: fp32 / fp64 directly, bf16 / fp16 by the policy relative
   to PyTorch (kernel error against an fp32 reference at most ``LOWP_FACTOR`` x PyTorch's own error in that dtype);
 * bool outputs (the row masks) agree bit for bit.
@@ -101,13 +102,18 @@ def assert_same(got, want, dtype=None, what="", lowp=None):
         assert torch.equal(got, want), f"{what}: masks differ at {torch.nonzero(got != want).flatten().tolist()}"
         return
     g, w = got.detach(), want.detach()
+    if lowp is not None:
+        # lowp: the oracle is the fp32 reference (the policy above), rounded once to the dtype. PyTorch's own lowp
+        # arithmetic can underflow where fp32 does not (fp16 AdamW with eps=0: g*g -> 0, then m / 0 = Inf).
+        w = lowp[1].detach().to(g.dtype)
     nan_g, nan_w = torch.isnan(g), torch.isnan(w)
     assert torch.equal(nan_g, nan_w), (f"{what}: NaN pattern differs: op NaN at {torch.nonzero(nan_g).tolist()[:8]}, "
                                        f"ref NaN at {torch.nonzero(nan_w).tolist()[:8]}")
     for sign in (1, -1):
         inf_g, inf_w = g == sign * float("inf"), w == sign * float("inf")
         assert torch.equal(inf_g, inf_w), (f"{what}: {'+' if sign > 0 else '-'}Inf pattern differs: op at "
-                                           f"{torch.nonzero(inf_g).tolist()[:8]}, ref at {torch.nonzero(inf_w).tolist()[:8]}")
+                                           f"{torch.nonzero(inf_g).tolist()[:8]}, "
+                                           f"ref at {torch.nonzero(inf_w).tolist()[:8]}")
     fin = torch.isfinite(w)
     if lowp is None:
         torch.testing.assert_close(g[fin], w[fin], **tol(dtype or w.dtype), msg=lambda s: f"{what}: {s}")
@@ -254,7 +260,8 @@ def _bicubic_pair(data, g, dtype, label):
                  *(data.draw(st.integers(1, 4), label=f"{label}_k{k}") for k in range(3)))
         rows, cols = shape[0], shape[1] * shape[2] * shape[3]
     else:
-        shape = (data.draw(st.integers(0, 13), label=f"{label}_out"), data.draw(st.integers(0, 13), label=f"{label}_in"))
+        shape = (data.draw(st.integers(0, 13), label=f"{label}_out"),
+                 data.draw(st.integers(0, 13), label=f"{label}_in"))
         rows, cols = shape
     m1 = data.draw(st.integers(1, max(1, min(rows, 6))), label=f"{label}_m1")
     m2 = data.draw(st.integers(1, max(1, min(cols, 6))), label=f"{label}_m2")
@@ -357,7 +364,8 @@ def _lstm_inputs(data, g):
     params[4] = torch.randn(H, generator=g, dtype=dtype)
     params[5] = torch.tensor(0.3, dtype=dtype)
     params[6] = torch.tensor(data.draw(st.sampled_from([-2.0, 0.5, 1.0]), label="scale"), dtype=dtype)
-    x = torch.randn(N, F, generator=g, dtype=dtype) * data.draw(st.sampled_from([0.1, 1.0, 10.0]), label="xs")
+    # x up to 100: gate pre-activations beyond +-88, where a fast exp overflows
+    x = torch.randn(N, F, generator=g, dtype=dtype) * data.draw(st.sampled_from([0.1, 1.0, 10.0, 100.0]), label="xs")
     h = torch.randn(L, H, N, generator=g, dtype=dtype) * 0.5
     c = torch.randn(L, H, N, generator=g, dtype=dtype)
     mult = torch.randn(N, generator=g, dtype=dtype) if data.draw(st.booleans(), label="multiply") else None
