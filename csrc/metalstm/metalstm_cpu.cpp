@@ -89,6 +89,17 @@ inline Vec<T> sigmoid(const Vec<T>& x) {
   return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
 }
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> sigmoid<float>(const Vec<float>& x) {
+  const Vec<float> nx = Vec<float>(0.f) - x;
+  const Vec<float> s = recip<float>(Vec<float>(1.f) + exp_fast<float>(nx));
+  // Where exp(-x) overflows (-x >= ln(FLT_MAX) as a float), the reference's 1 / (1 + inf) is exactly 0: keep that
+  // 0, so that 0 * Inf in the cell update is NaN as in the reference. A NaN x compares false and stays NaN.
+  return Vec<float>::blendv(s, Vec<float>(0.f), nx >= Vec<float>(88.72283935546875f));
+}
+#endif
+
 template <typename T>
 inline Vec<T> tanh_fast(const Vec<T>& x) {
   return at::vec::fmsub(Vec<T>(T(2)), sigmoid<T>(x + x), Vec<T>(T(1)));
