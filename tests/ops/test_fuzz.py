@@ -427,3 +427,79 @@ def _meta_lstm(data):
 
 
 test_meta_lstm, test_meta_lstm_slow = properties(_meta_lstm)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the cases the fuzzing found, as fixed examples
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("val", [1000.0, -1000.0, 1e30, float("inf"), -float("inf")], ids=str)
+def test_meta_lstm_gates_beyond_the_exp_range(val):
+    """fp32 CPU: exp_u20 returned +inf at the top of its clamped range, and sigmoid's Newton step made inf * 0 =
+    NaN: every gate pre-activation below -88 (sigmoid) or -44 (tanh) gave NaN where the reference is finite."""
+    g = torch.Generator().manual_seed(0)
+    N, F, H, L = 70, 3, 5, 2
+    params = [p.detach() for p in meta_lstm_init(F, H, L, generator=g)]
+    params[4] = torch.randn(H, generator=g)
+    x = torch.randn(N, F, generator=g)
+    x[::3, 0] = val
+    h, c = torch.randn(L, H, N, generator=g), torch.randn(L, H, N, generator=g)
+    c[0, 1, ::5] = float("inf")          # sigmoid(f) * Inf: Inf, or NaN where the reference's sigmoid(f) is 0
+    want = meta_lstm_ref(x, h, c, *params)
+    got = meta_lstm(x, h, c, *params)
+    hh, cc = h.clone(), c.clone()
+    out_ = meta_lstm_(x, hh, cc, *params)
+    for name, a, b in zip(("out", "h_new", "c_new"), got, want):
+        assert_same(a, b, what=f"meta_lstm x={val} {name}")
+    for name, a, b in zip(("out", "h_new", "c_new"), (out_, hh, cc), want):
+        assert_same(a, b, what=f"meta_lstm_ x={val} {name}")
+    if abs(val) <= 1000:                   # finite inputs: the backward too
+        c = torch.randn(L, H, N, generator=g)
+        xs = [x.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params)]
+        xr = [x.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params)]
+        gout = torch.randn(N, generator=g)
+        ga = torch.autograd.grad(meta_lstm(xs[0], h, c, *xs[1:])[0], xs, gout)
+        gb = torch.autograd.grad(meta_lstm_ref(xr[0], h, c, *xr[1:])[0], xr, gout)
+        for name, a, b in zip(["x"] + GRAD_NAMES[3:10], ga, gb):
+            scale = float(N) if name != "x" else 1.0
+            assert_same(a / scale, b / scale, what=f"meta_lstm x={val} grad {name}")
+
+
+def test_bicubic_identity_size_grid_with_inf_weight():
+    """A grid of the weight's own size: the reference's backward copies grad * W to the grid, the cubic taps
+    (0, 1, 0, 0) of the kernel made 0 * Inf = NaN; such calls take the reference path."""
+    for shape in [(1, 1), (4, 4), (3, 5)]:
+        w = torch.randn(shape)
+        w[0, 0] = float("inf")
+        m1, m2 = torch.randn(shape).requires_grad_(), None
+        m2 = m1.detach().clone().requires_grad_()
+        gout = torch.randn(shape)
+        (ga,) = torch.autograd.grad(bicubic_modulate(w, m1), [m1], gout)
+        (gb,) = torch.autograd.grad(bicubic_modulate_ref(w, m2), [m2], gout)
+        assert_same(ga, gb, what=f"grad_mod {shape}")
+        (ga,) = torch.autograd.grad(bicubic_modulate_multi([w], [m1])[0], [m1], gout)
+        assert_same(ga, gb, what=f"multi grad_mod {shape}")
+
+
+def test_bicubic_conv_weight_without_output_channels():
+    w, mod = torch.randn(0, 3, 2, 2), torch.randn(1, 1)
+    assert bicubic_modulate(w, mod).shape == (0, 3, 2, 2)
+    assert bicubic_modulate_multi([w], [mod])[0].shape == (0, 3, 2, 2)
+    assert bicubic_modulate_ref(w, mod).shape == (0, 3, 2, 2)
+
+
+def test_masked_adamw_result_does_not_depend_on_the_layout():
+    """fp16 with eps=0 and small gradients: g*g underflows in fp16 arithmetic (the reference path) but not in the
+    kernel's fp32; a non-contiguous moment used to send its tensor to the reference path."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(5, 3, generator=g).half()
+    grad = (torch.randn(5, 3, generator=g) * 1e-4).half()
+    m, v = torch.zeros(5, 3, dtype=torch.half), torch.zeros(5, 3, dtype=torch.half)
+    kw = dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=0.0, weight_decay=0.0)
+    res = []
+    for layout in ("contig", "transposed"):
+        pp, mm, vv = (lay_out(t, layout, g) for t in (p, m, v))
+        masked_adamw_([pp], [grad], [mm], [vv], [None], [torch.tensor(1.0)], **kw)
+        res.append((pp, mm, vv))
+    for a, b in zip(*res):
+        assert torch.equal(a, b)
+    assert torch.isfinite(res[0][0]).all()
