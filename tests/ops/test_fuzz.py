@@ -503,3 +503,19 @@ def test_masked_adamw_result_does_not_depend_on_the_layout():
     for a, b in zip(*res):
         assert torch.equal(a, b)
     assert torch.isfinite(res[0][0]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_bicubic_nan_support_equals_interpolate(dtype):
+    """Which outputs a NaN grid entry reaches depends on the floor of the source position: computed with two
+    roundings (3/9 * 1.5 - 0.5 = 0 in double) instead of PyTorch's one (-2.8e-17), a zero-weight tap read the
+    neighbour. Every grid width up to 6, every output width up to 20, a NaN at every position, both corner modes."""
+    for m2 in range(1, 7):
+        for n in range(m2, 21):
+            for pos in range(m2):
+                for ac in (False, True):
+                    mod = torch.arange(1.0, m2 + 1, dtype=dtype)[None].clone()
+                    mod[0, pos] = float("nan")
+                    w = torch.ones(1, n, dtype=dtype)
+                    assert_same(bicubic_modulate(w, mod, ac), bicubic_modulate_ref(w, mod, ac),
+                                what=f"1x{m2} -> 1x{n} NaN at {pos} ac={ac}")
