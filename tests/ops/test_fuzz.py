@@ -421,9 +421,10 @@ def _meta_lstm(data):
             assert a is None or a.numel() == 0 or bool((a == 0).all()), f"{what} grad {name}"
             continue
         assert a is not None, f"{what}: no gradient for {name}"
-        # weight gradients are sums over the N rows: compare against the summed magnitude of the rows
-        scale = max(1.0, float(N)) if name in GRAD_NAMES[3:10] else 1.0
-        assert_same(a / scale, b / scale, what=f"{what} grad {name} (/ {scale:g})")
+        # gradients are sums (over N rows, over 4H gates): as tests/ops/test_metalstm.py, the absolute tolerance
+        # scales with the largest gradient of the tensor (the terms of the sums are of that size, or larger)
+        scale = 1.0 + (float(b.abs().nan_to_num(0, 0, 0).max()) if b.numel() else 0.0)
+        assert_same(a / scale, b / scale, what=f"{what} grad {name} (/ {scale:.3g})")
 
 
 test_meta_lstm, test_meta_lstm_slow = properties(_meta_lstm)
@@ -460,7 +461,7 @@ def test_meta_lstm_gates_beyond_the_exp_range(val):
         ga = torch.autograd.grad(meta_lstm(xs[0], h, c, *xs[1:])[0], xs, gout)
         gb = torch.autograd.grad(meta_lstm_ref(xr[0], h, c, *xr[1:])[0], xr, gout)
         for name, a, b in zip(["x"] + GRAD_NAMES[3:10], ga, gb):
-            scale = float(N) if name != "x" else 1.0
+            scale = 1.0 + (float(b.abs().max()) if b.numel() else 0.0)     # as in _meta_lstm
             assert_same(a / scale, b / scale, what=f"meta_lstm x={val} grad {name}")
 
 
