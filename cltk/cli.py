@@ -268,6 +268,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         raise CLIError(f"--iters must be >= 0, got {iters}")
     if batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
+    _check_out(out)
     classes = {m: method_class(m) for m in methods}      # ValueError names unknown methods
     skip: set[tuple[str, str]] = set()     # (method, scenario) pairs a comparison leaves out
     for m, cls in classes.items():
@@ -301,7 +302,10 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         if args.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise CLIError(f"--device {args.device!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available in this torch build or machine")
     if dist.world_size() > 1 and batch_size % dist.world_size():
@@ -322,7 +326,10 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     done = 0
     t0 = time.perf_counter()
     if out and main:
-        os.makedirs(out, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
                 stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
                 processes=dist.world_size(),
@@ -366,7 +373,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     p = get_preset("default")
     return _experiment(args, methods=[args.method], scenarios=[args.scenario], seeds=_seeds(args.seeds),
                        benchmark=args.benchmark, iters=args.iters if args.iters is not None else p.iters,
-                       model=args.model, batch_size=args.batch_size or 128,
+                       model=args.model,
+                       batch_size=args.batch_size if args.batch_size is not None else 128,
                        stream_kwargs=_parse_stream_kwargs(args.stream), config={}, out=args.out, meta={"command": "run"})
 
 
@@ -382,11 +390,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from cltk.results import safe_name
     out = args.out or os.path.join("results", safe_name(name))
     return _experiment(
-        args, methods=_csv_list(args.methods, "--methods") if args.methods else list(p.methods),
-        scenarios=_csv_list(args.scenarios, "--scenarios") if args.scenarios else list(p.scenarios),
-        seeds=_seeds(args.seeds) if args.seeds else list(p.seeds), benchmark=args.benchmark or p.benchmark,
+        args, methods=_csv_list(args.methods, "--methods") if args.methods is not None else list(p.methods),
+        scenarios=_csv_list(args.scenarios, "--scenarios") if args.scenarios is not None else list(p.scenarios),
+        seeds=_seeds(args.seeds) if args.seeds is not None else list(p.seeds),
+        benchmark=args.benchmark or p.benchmark,
         iters=args.iters if args.iters is not None else p.iters, model=args.model or p.model,
-        batch_size=args.batch_size or p.batch_size, stream_kwargs=stream_kwargs, config=dict(p.config), out=out,
+        batch_size=args.batch_size if args.batch_size is not None else p.batch_size, stream_kwargs=stream_kwargs,
+        config=dict(p.config), out=out,
         meta={"command": "compare", "preset": args.preset or "default"})
 
 
@@ -460,6 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: Optional[str]) -> None:
+    """Refuse an ``--out`` that cannot become a folder before any work (and before ``--nproc`` starts processes,
+    so that the error is one line, not a failing rank 0 and the ranks waiting for it)."""
+    if not out:
+        return
+    path = os.path.abspath(out)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise CLIError(f"--out {out}: cannot create the folder ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: cannot create the folder ({probe} is not writable)")
+
+
 def _free_port() -> int:
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -515,6 +540,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"cltk: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
         return 2
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        try:
+            _check_out(getattr(args, "out", None))
+        except CLIError as e:
+            print(f"cltk: error: {e}", file=sys.stderr)
+            return 2
         return _spawn(argv, nproc)
     try:
         return _run_command(args)

@@ -53,6 +53,33 @@ BAD = {
                                       "partition=[[0,1],[2,3,4]]"], "domain scenario needs tasks of equal size"),
     "unknown preset": (["compare", "--preset", "nope"], "unknown preset 'nope'"),
     "cuda on a cpu build": (RUN + ["--method", "finetune", "--device", "cuda"], "cuda"),
+    "unknown device": (RUN + ["--method", "finetune", "--device", "tpu"], "--device 'tpu'"),
+    "unknown option": (RUN + ["--method", "finetune", "--frobnicate"], "unrecognized arguments"),
+    "zero processes": (RUN + ["--method", "finetune", "--nproc", "0"], "--nproc must be >= 1, got 0"),
+    "negative processes": (RUN + ["--method", "finetune", "--nproc", "-2"], "--nproc must be >= 1, got -2"),
+    "processes not an int": (RUN + ["--method", "finetune", "--nproc", "two"], "invalid int"),
+    "zero batch size": (RUN + ["--method", "finetune", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    "negative seed": (RUN + ["--method", "finetune", "--seeds", "-1"], "--seeds expects integers >= 0"),
+    "fractional seed": (RUN + ["--method", "finetune", "--seeds", "0,1.5"], "--seeds expects comma-separated"),
+    "empty seeds": (RUN + ["--method", "finetune", "--seeds", ""], "--seeds needs at least one"),
+    "compare empty --seeds": (["compare", "--seeds", ","], "--seeds needs at least one"),
+    "compare empty --methods": (["compare", "--methods", ""], "--methods needs at least one"),
+    "compare empty --scenarios": (["compare", "--scenarios", ""], "--scenarios needs at least one"),
+    "--out is a file": (RUN + ["--method", "finetune", "--out", "a-file"], "--out a-file: cannot create the folder"),
+    "--out under a file": (RUN + ["--method", "finetune", "--out", "a-file/x"], "cannot create the folder"),
+    "--out is a file with --nproc": (RUN + ["--method", "finetune", "--out", "a-file", "--nproc", "2"],
+                                     "--out a-file: cannot create the folder"),
+    "--set empty value": (RUN + ["--method", "finetune", "--set", "lr="], "expected a number"),
+    "--set empty field": (RUN + ["--method", "finetune", "--set", "=3"], "field=value"),
+    "--set field of no selected method": (RUN + ["--method", "finetune", "--set", "buffer_size=5"], "buffer_size"),
+    "--stream without =": (RUN + ["--method", "finetune", "--stream", "n_tasks"], "key=value"),
+    "--model-arg without =": (RUN + ["--method", "finetune", "--model-arg", "hidden"], "key=value"),
+    "--model-arg unknown": (RUN + ["--method", "finetune", "--model-arg", "bogus=1"], "does not take"),
+    "negative --checkpoint-every": (RUN + ["--method", "finetune", "--out", "o", "--checkpoint-every", "-1"],
+                                    "--checkpoint-every must be >= 0"),
+    "zero --keep-checkpoints": (RUN + ["--method", "finetune", "--out", "o", "--keep-checkpoints", "0"],
+                                "--keep-checkpoints must be >= 1"),
+    "--resume without --out": (RUN + ["--method", "finetune", "--resume"], "need --out"),
 }
 
 
@@ -72,6 +99,7 @@ def test_bad_invocation_is_one_error_line(case, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLTK_DATA", str(tmp_path))
     monkeypatch.delenv("CLTK_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
     try:
         rc = main(args)
     except SystemExit as e:      # argparse errors exit from parse_args
@@ -81,13 +109,15 @@ def test_bad_invocation_is_one_error_line(case, tmp_path, monkeypatch, capsys):
     assert rc not in (0, None)
     assert len(lines) == 1 and lines[0].startswith("cltk: error: "), err
     assert needle.lower() in lines[0].lower()
-    assert not os.path.exists(tmp_path / "results")
+    assert not os.path.exists(tmp_path / "results") and not os.path.exists(tmp_path / "o")
 
 
 @pytest.mark.parametrize("case", ["no command", "unknown method", "missing data set", "--set not a number",
-                                  "bad scenario", "unknown stream argument"])
+                                  "bad scenario", "unknown stream argument", "zero processes",
+                                  "--out is a file with --nproc"])
 def test_bad_invocation_in_a_real_process(case, tmp_path):
     args, needle = BAD[case]
+    (tmp_path / "a-file").write_text("not a folder")
     p = cltk(*args, tmp_path=tmp_path)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2

@@ -6,11 +6,12 @@ slot drawn uniformly from ``0..n`` when the draw falls inside the buffer, so aft
 is present with probability ``size / N``. It stores ``x``, ``y``, ``t`` (the task index) and, optionally, the
 logits the model gave the example when it was stored (DER++).
 
-Distributed training. ``er`` keeps one global buffer: every rank adds the gathered global batch and, with the same
-seed, makes the same draws, then trains on its shard of the replay minibatch, so a run with W processes equals one
-process with the same global batch. ``agem``, ``derpp`` and ``icarl`` keep a buffer per process: each rank
-stores the examples of its own shard and replays from it, so with ``W`` ranks they hold ``W * size`` examples
-in all and do not reproduce a one-process run; give each rank its own ``seed`` (for example ``seed + rank``).
+Distributed training. ``er``, ``agem`` and ``derpp`` keep one global buffer: every rank adds the gathered global
+batch (DER++ with the gathered logits) and, with the same seed, makes the same draws, sized from the global batch,
+then uses its shard of each draw (A-GEM averages the reference gradient over the ranks), so a run with W
+processes equals one process with the same global batch. Every rank must therefore use the same ``seed``.
+(``icarl``'s exemplars are chosen after each task from the task's whole training set, which every rank holds, so
+they are the same on every rank too.)
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ class ReplayConfig(MethodConfig):
     ``buffer_size``: examples kept in all (200, the smallest memory of Buzzega et al. 2020's split-MNIST table);
     ``replay_batch_size``: examples replayed per step (0: as many as the current minibatch, as in Chaudhry et al.
     2019's ER); ``balanced``: class-balanced replay draws instead of uniform ones; ``seed``: seed of the buffer's
-    generator (give each distributed rank its own).
+    generator (the same on every distributed rank: the draws must agree).
     """
 
     buffer_size: int = 200

@@ -9,6 +9,11 @@ is projected onto the half-space where it does not::
 The memory is a reservoir over the examples of every step (as in Buzzega et al.'s Mammoth A-GEM with a reservoir
 buffer); the reference draw uses only examples of tasks before the current one, matching the paper's memory of
 previous tasks. The reference loss is the same masked cross-entropy as the training loss.
+
+Under ``torch.distributed`` the memory is global, as ER's: every rank adds the gathered global batch, draws the same
+reference minibatch (sized from the global batch) and computes the reference gradient on its share of it, averaged
+over the ranks; so every rank projects the same averaged gradient onto the same ``g_ref`` and the ranks stay
+identical (a memory per rank would give each rank its own projection, and the ranks' weights would drift apart).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from cltk import distributed as dist
 from cltk.methods._replay_buffer import ReplayConfig, ReservoirBuffer
 from cltk.methods.base import Batch, Method, register
 
@@ -47,7 +53,7 @@ class AGEM(Method):
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         self._pending = batch
-        self._batch_size = int(batch.y.shape[0])
+        self._batch_size = int(batch.y.shape[0]) * dist.world_size()   # the global batch
         return super().loss(model, batch)
 
     def reference_gradient(self, model: nn.Module, params: list[Tensor]) -> Optional[Tensor]:
@@ -57,10 +63,18 @@ class AGEM(Method):
         mem = self.buffer.sample(c.replay_size(self._batch_size), balanced=c.balanced, before_task=current)
         if mem is None:
             return None
+        mx, my, mt = mem.x, mem.y, mem.t
+        if dist.is_distributed():   # every rank drew the same examples: this rank's share, then the mean
+            w = dist.world_size()
+            n = (int(my.shape[0]) // w) * w
+            if n == 0:
+                return None
+            mx, my, mt = (dist.shard_of(v[:n]) for v in (mx, my, mt))
         dev = params[0].device
-        loss = self.task_loss(self.forward(model, mem.x.to(dev), mem.t.to(dev)), mem.y.to(dev), mem.t.to(dev))
+        loss = self.task_loss(self.forward(model, mx.to(dev), mt.to(dev)), my.to(dev), mt.to(dev))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+        g_ref = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+        return dist.all_reduce_mean(g_ref)
 
     def after_backward(self, model: nn.Module) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -81,7 +95,10 @@ class AGEM(Method):
 
     def after_step(self, model: nn.Module) -> None:
         if self._pending is not None:
-            self.buffer.add(*self._pending)
+            x, y, t = self._pending
+            if dist.is_distributed():
+                x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
+            self.buffer.add(x, y, t)
             self._pending = None
 
     def state_dict(self) -> dict:

@@ -7,6 +7,10 @@ is the current minibatch's cross-entropy plus two replay terms on two independen
 
 ``z'`` are the stored logits over the whole output space (the MSE is over every unit, as in the paper); the
 label term uses the same per-scenario output mask as the training loss.
+
+Under ``torch.distributed`` the memory is global, as ER's: every rank adds the gathered global batch with its
+logits, makes the same two draws (sized from the global batch) and trains on its share of each, so W processes
+equal one process with the same global batch.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cltk.methods._replay_buffer import ReplayConfig, ReservoirBuffer
+from cltk import distributed as dist
+from cltk.methods._replay_buffer import ReplayConfig, ReplaySample, ReservoirBuffer
 from cltk.methods.base import Batch, Method, register
 
 
@@ -54,15 +59,15 @@ class DERpp(Method):
         c = self.config
         logits = self.forward(model, batch.x, batch.t)
         loss = self.task_loss(logits, batch.y, batch.t)
-        n = c.replay_size(int(batch.y.shape[0]))
+        n = c.replay_size(int(batch.y.shape[0]) * dist.world_size())
         dev = batch.x.device
         if c.alpha > 0:
-            mem = self.buffer.sample(n, balanced=c.balanced)
+            mem = self._draw(n)
             if mem is not None:
                 out = self.forward(model, mem.x.to(dev), mem.t.to(dev))
                 loss = loss + c.alpha * F.mse_loss(out, mem.logits.to(dev, out.dtype))
         if c.beta > 0:
-            mem = self.buffer.sample(n, balanced=c.balanced)
+            mem = self._draw(n)
             if mem is not None:
                 t = mem.t.to(dev)
                 loss = loss + c.beta * self.task_loss(self.forward(model, mem.x.to(dev), t), mem.y.to(dev), t)
@@ -70,12 +75,27 @@ class DERpp(Method):
         pen = self.penalty(model)
         return loss if pen is None else loss + pen
 
+    def _draw(self, n: int) -> Optional[ReplaySample]:
+        """A memory draw of ``n`` (global) examples; under torch.distributed this rank's share of it (every rank
+        drew the same examples)."""
+        mem = self.buffer.sample(n, balanced=self.config.balanced)
+        if mem is None or not dist.is_distributed():
+            return mem
+        w = dist.world_size()
+        k = (int(mem.y.shape[0]) // w) * w
+        if k == 0:
+            return None
+        return ReplaySample(*(None if v is None else dist.shard_of(v[:k]) for v in mem))
+
     def after_step(self, model: nn.Module) -> None:
         # stored logits are those of the forward pass that trained on the example (the paper's choice: logits
         # sampled along the optimisation trajectory)
         if self._pending is not None:
             batch, logits = self._pending
-            self.buffer.add(batch.x, batch.y, batch.t, logits)
+            x, y, t = batch.x, batch.y, batch.t
+            if dist.is_distributed():
+                x, y, t, logits = (dist.all_gather_cat(v) for v in (x, y, t, logits))
+            self.buffer.add(x, y, t, logits)
             self._pending = None
 
     def state_dict(self) -> dict:

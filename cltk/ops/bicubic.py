@@ -32,8 +32,8 @@ __all__ = [
 
 def as_2d_weight(weight: Tensor) -> Tensor:
     """The 2-D (out, fan_in) view a weight is modulated as: 2-D as is, 4-D (out, in, kh, kw) -> (out, in*kh*kw)."""
-    if weight.dim() == 4:
-        return weight.reshape(weight.shape[0], -1)
+    if weight.dim() == 4:  # not reshape(out, -1): that is ambiguous, and raises, for out == 0
+        return weight.reshape(weight.shape[0], weight.shape[1] * weight.shape[2] * weight.shape[3])
     return weight
 
 
@@ -206,6 +206,14 @@ class _ModulateMulti(torch.autograd.Function):
         return (None, None, *gws, *gms, *([None] * (n if ctx.with_out else 0)))
 
 
+def _is_identity(w2: Tensor, mod: Tensor) -> bool:
+    """A grid of the weight's own 2-D size: ``up`` is the identity on finite values. Such calls take the reference
+    path: F.interpolate's backward copies ``grad * W`` to the grid for equal sizes, where the native kernels' cubic
+    taps (weights 0, 1, 0, 0) would turn an Inf of ``grad * W`` into NaN (0 * Inf), so the two would disagree on
+    non-finite values."""
+    return tuple(mod.shape) == tuple(w2.shape)
+
+
 def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *, out: Optional[Tensor] = None) -> Tensor:
     """``weight * up(mod)``, with ``up`` = bicubic ``F.interpolate`` of ``mod`` to the weight's (2-D) shape.
 
@@ -224,7 +232,7 @@ def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *
     if out is not None:
         _check_out("bicubic_modulate", out, weight)
     w2 = as_2d_weight(weight)
-    if not _ext.use_native("bicubic_modulate", w2):
+    if not _ext.use_native("bicubic_modulate", w2) or _is_identity(w2, mod):
         return bicubic_modulate_ref(weight, mod, align_corners, out=out)
     if not torch.is_grad_enabled() or not (w2.requires_grad or mod.requires_grad):
         if out is None:
@@ -249,13 +257,13 @@ def bicubic_modulate_multi(
         return []
     w2s = [as_2d_weight(w) for w in weights]
     groups: dict[tuple, list[int]] = {}
-    for k, w in enumerate(w2s):
-        groups.setdefault((w.device, w.dtype), []).append(k)
+    for k, w in enumerate(w2s):  # identity-size grids go to the reference path (see _is_identity)
+        groups.setdefault((w.device, w.dtype, _is_identity(w, mods[k])), []).append(k)
     result: list[Optional[Tensor]] = [None] * len(weights)
-    for idx in groups.values():
+    for (_, _, identity), idx in groups.items():
         gw = [w2s[k] for k in idx]
         gm = [mods[k] for k in idx]
-        if not _ext.use_native("bicubic_modulate_multi", gw[0]):
+        if identity or not _ext.use_native("bicubic_modulate_multi", gw[0]):
             outs = [out[k] for k in idx] if out is not None else None
             res = bicubic_modulate_multi_ref([weights[k] for k in idx], gm, align_corners, out=outs)
         elif not torch.is_grad_enabled() or not any(t.requires_grad for t in (*gw, *gm)):

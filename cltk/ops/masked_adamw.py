@@ -135,8 +135,9 @@ def masked_adamw_(
         freeze_masked_rows: False (default) gives masked rows a zero gradient; True leaves them untouched.
 
     Raises ValueError naming the argument for mismatched lengths, shapes, dtypes or masks.
-    Tensors are grouped by (device, dtype) and each group is one native call. Tensors whose param or
-    moments are not contiguous, and devices without a native kernel, use :func:`masked_adamw_ref`.
+    Tensors are grouped by (device, dtype) and each group is one native call; a param or moment that is not
+    contiguous is stepped on a contiguous copy and copied back. Devices without a native kernel use
+    :func:`masked_adamw_ref`.
     """
     _check_args(params, grads, exp_avgs, exp_avg_sqs, row_masks, steps, lr, beta1, beta2, eps, weight_decay)
     kw = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps),
@@ -144,18 +145,28 @@ def masked_adamw_(
     groups: dict = defaultdict(list)
     fallback: list[int] = []
     native: dict = {}  # device type -> has a kernel (one dispatcher query per device type, not per tensor)
+    # The kernel updates contiguous tensors in place; a non-contiguous param or moment is stepped on a contiguous
+    # copy that is copied back, so that the result never depends on the layout (the reference computes bf16 / fp16
+    # in that dtype, the kernel in fp32: they can differ where fp16 underflows, e.g. g*g with eps=0).
+    work = {}  # i -> (param, exp_avg, exp_avg_sq) the kernel updates
     for i, p in enumerate(params):
         dev = p.device.type
         if dev not in native:
             native[dev] = _ext.use_native(_OP, p)
-        if native[dev] and p.is_contiguous() and exp_avgs[i].is_contiguous() and exp_avg_sqs[i].is_contiguous():
+        if native[dev]:
             groups[(p.device, p.dtype)].append(i)
+            work[i] = tuple(t if t.is_contiguous() else t.contiguous() for t in (p, exp_avgs[i], exp_avg_sqs[i]))
         else:
             fallback.append(i)
     for idx in groups.values():
         torch.ops.cltk.masked_adamw_(
-            [params[i] for i in idx], [grads[i] for i in idx], [exp_avgs[i] for i in idx],
-            [exp_avg_sqs[i] for i in idx], [row_masks[i] for i in idx], [steps[i] for i in idx], **kw)
+            [work[i][0] for i in idx], [grads[i] for i in idx], [work[i][1] for i in idx],
+            [work[i][2] for i in idx], [row_masks[i] for i in idx], [steps[i] for i in idx], **kw)
+    for i, copies in work.items():
+        for dst, src in zip((params[i], exp_avgs[i], exp_avg_sqs[i]), copies):
+            if src is not dst:
+                with torch.no_grad():
+                    dst.copy_(src)
     if fallback:
         masked_adamw_ref(
             [params[i] for i in fallback], [grads[i] for i in fallback], [exp_avgs[i] for i in fallback],

@@ -47,6 +47,31 @@ __all__ = ["MIGU", "MIGUAdamW", "MagnitudeRecorder"]
 
 _HOOK_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+try:  # DTensor: the parameters of FSDP2 (torch.distributed.fsdp.fully_shard) and tensor parallelism
+    from torch.distributed.tensor import DTensor as _DTensor
+    from torch.distributed.tensor import Replicate as _Replicate
+    from torch.distributed.tensor import Shard as _Shard
+except ImportError:  # a torch built without torch.distributed
+    _DTensor = None
+
+
+def _local_rows(t: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """``(tensor to update in place, its 1-D row mask)``: ``t`` and ``keep`` themselves, or for a DTensor (a
+    parameter, gradient or moment sharded by FSDP2 or tensor parallelism) its local shard and the rows of ``keep``
+    that shard holds. ``keep`` covers all rows and is the same on every rank; a shard of the rows (``Shard(0)``)
+    takes its rows of it, a shard of another dim or a replica all of it. No communication."""
+    if _DTensor is None or not isinstance(t, _DTensor):
+        return t, keep
+    mesh = t.device_mesh
+    row_placements = []
+    for pl in t.placements:
+        if isinstance(pl, _Shard) and type(pl) is not _Shard:
+            raise NotImplementedError(f"MIGU: row masks on a DTensor with placement {pl} are not supported "
+                                      f"(plain Shard, Replicate and Partial are)")
+        row_placements.append(_Shard(0) if isinstance(pl, _Shard) and pl.dim == 0 else _Replicate())
+    full = _DTensor.from_local(keep, mesh, [_Replicate()] * mesh.ndim, run_check=False)
+    return t.to_local(), full.redistribute(mesh, row_placements).to_local()
+
 
 def _check_threshold(owner: str, threshold: Any) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -246,8 +271,8 @@ class MIGU(_MIGUBase, torch.optim.Optimizer):
                 for p in (layer.weight, layer.bias):
                     if p is None or p.grad is None or id(p) not in masks:
                         continue
-                    keep = masks[id(p)]
-                    p.grad.masked_fill_(~keep.view(-1, *([1] * (p.grad.dim() - 1))), 0.0)
+                    grad, keep = _local_rows(p.grad, masks[id(p)])
+                    grad.masked_fill_(~keep.view(-1, *([1] * (grad.dim() - 1))), 0.0)
         return masks
 
     @torch.no_grad()
@@ -347,11 +372,19 @@ class MIGUAdamW(_MIGUBase, torch.optim.Optimizer):
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                row_masks.append(masks.get(id(p)))
+                mask = masks.get(id(p))
+                if _DTensor is not None and isinstance(p, _DTensor):  # the step is per row: run it on the shard
+                    p_local, mask = _local_rows(p, mask) if mask is not None else (p.to_local(), None)
+                    params.append(p_local)
+                    grads.append(p.grad.to_local())
+                    exp_avgs.append(state["exp_avg"].to_local())
+                    exp_avg_sqs.append(state["exp_avg_sq"].to_local())
+                else:
+                    params.append(p)
+                    grads.append(p.grad)
+                    exp_avgs.append(state["exp_avg"])
+                    exp_avg_sqs.append(state["exp_avg_sq"])
+                row_masks.append(mask)
                 steps.append(state["step"])
             if not params:
                 continue

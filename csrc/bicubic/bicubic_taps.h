@@ -46,7 +46,15 @@ CLTK_BICUBIC_HD int64_t tap_base(opmath_t scale, int64_t dst, int64_t in, bool a
   if (align_corners) {
     real = scale * static_cast<opmath_t>(dst);
   } else {
-    real = scale * (static_cast<opmath_t>(dst) + static_cast<opmath_t>(0.5)) - static_cast<opmath_t>(0.5);
+    // One rounding, as PyTorch's kernels get it from FP contraction (an FMA in its AVX2 / AVX512 and CUDA builds):
+    // with two roundings a source position such as 3/9 * 1.5 - 0.5 in double lands on 0 instead of -2.8e-17, the
+    // floor moves by one and a zero-weight tap reads the neighbour (0 * NaN: NaN where F.interpolate has none).
+    const opmath_t d = static_cast<opmath_t>(dst) + static_cast<opmath_t>(0.5);
+#if defined(__CUDA_ARCH__)
+    real = fma(scale, d, -static_cast<opmath_t>(0.5));
+#else
+    real = std::fma(scale, d, -static_cast<opmath_t>(0.5));
+#endif
   }
   // floorf on purpose, also for double: PyTorch's guard_index_and_lambda does the same.
   int64_t base = static_cast<int64_t>(floorf(static_cast<float>(real)));

@@ -74,17 +74,31 @@ inline Vec<float> recip<float>(const Vec<float>& d) {
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// exp_u20 clamps its argument to [ln(FLT_MIN), ln(FLT_MAX)], but at the top of that range it returns +inf (it
+// computes 2^128 * e^r with r ~ 0), and 1 + inf made sigmoid's Newton step inf * 0 = NaN: sigmoid(x) for x < -88.4
+// and tanh(x) for x < -44.2 were NaN. Below -80, sigmoid(x) < 2e-35 either way; minimum keeps NaN.
 template <>
 inline Vec<float> exp_fast<float>(const Vec<float>& x) {
-  return x.exp_u20();
+  return at::vec::minimum(x, Vec<float>(80.f)).exp_u20();
 }
 #endif
 
 template <typename T>
 inline Vec<T> sigmoid(const Vec<T>& x) {
-  // exp_u20 clamps its argument to the finite range, so 1 + exp(-x) stays finite for the Newton step of recip.
+  // exp_fast stays finite (see above), so 1 + exp(-x) stays finite for the Newton step of recip.
   return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
 }
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <>
+inline Vec<float> sigmoid<float>(const Vec<float>& x) {
+  const Vec<float> nx = Vec<float>(0.f) - x;
+  const Vec<float> s = recip<float>(Vec<float>(1.f) + exp_fast<float>(nx));
+  // Where exp(-x) overflows (-x >= ln(FLT_MAX) as a float), the reference's 1 / (1 + inf) is exactly 0: keep that
+  // 0, so that 0 * Inf in the cell update is NaN as in the reference. A NaN x compares false and stays NaN.
+  return Vec<float>::blendv(s, Vec<float>(0.f), nx >= Vec<float>(88.72283935546875f));
+}
+#endif
 
 template <typename T>
 inline Vec<T> tanh_fast(const Vec<T>& x) {
