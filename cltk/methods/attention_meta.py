@@ -85,8 +85,9 @@ class AttentionMetaConfig(MethodConfig):
 
 
 def meta_training_tasks(stream: Stream, pool: int, seed: int) -> list[tuple[Tensor, Tensor, tuple[int, ...]]]:
-    """The stream's tasks rebuilt from other training images (``pool`` per task, seed ``seed``): the meta-training
-    pool. Split, rotated and permuted benchmarks only (others need a ``checkpoint``)."""
+    """The stream's tasks rebuilt from other training images (``pool`` per task drawn with seed ``seed``, less any
+    image that is in the stream's own training split): the meta-training pool. Split, rotated and permuted
+    benchmarks only (others need a ``checkpoint``)."""
     from cltk.streams.builders import make_stream
 
     family = stream.name.split("-", 1)[0]
@@ -101,7 +102,14 @@ def meta_training_tasks(stream: Stream, pool: int, seed: int) -> list[tuple[Tens
         raise ValueError(f"attention-meta: cannot build meta-training tasks for stream {stream.name!r} (split-, "
                          f"rotated- and permuted- benchmarks only); give checkpoint= a meta-trained checkpoint")
     meta = make_stream(stream.name, stream.scenario, seed, **kw)
-    return [(t.train.x, t.train.y, t.output_units) for t in meta.tasks]
+    out = []
+    for mt, t in zip(meta.tasks, stream.tasks):
+        # the stream's own training images (its support sets) never enter meta-training
+        seen = {bytes(r.numpy().tobytes()) for r in t.train.x.reshape(len(t.train), -1)}
+        keep = torch.tensor([bytes(r.numpy().tobytes()) not in seen for r in mt.train.x.reshape(len(mt.train), -1)],
+                            dtype=torch.bool)
+        out.append((mt.train.x[keep], mt.train.y[keep], mt.output_units))
+    return out
 
 
 @register

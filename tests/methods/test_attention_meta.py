@@ -304,3 +304,29 @@ def test_method_updates_only_the_head_for_q_steps_and_protects_after_a_task(tmp_
     again.setup(tiny_mlp(stream), stream)
     assert again.history == []
     assert again.state_dict()["memory"] is None
+
+
+# ------------------------------------------------------------------------------------------------ streams
+
+@pytest.mark.parametrize("bench_name,scenario,encoder_data", [
+    ("split-mnist5k", "class", "fashion-mnist"),
+    ("rotated-mnist5k", "domain", "fashion-mnist"),
+    ("split-fashion-mnist", "class", "mnist5k"),
+])
+def test_meta_training_tasks_rebuild_the_stream_from_other_training_images(bench_name, scenario, encoder_data):
+    from cltk.methods.attention_meta import meta_training_tasks
+    from cltk.streams.builders import make_stream
+
+    split = bench_name.startswith("split")
+    kw = dict(classes_per_task=2) if split else {}
+    s = make_stream(bench_name, scenario, 0, n_tasks=3, train_per_task=10 if split else 50, val_fraction=0.0,
+                    test_per_task=20, **kw)                  # 5 images per class
+    assert all(int(torch.bincount(t.train.y).max()) == 5 for t in s.tasks)
+    tasks = meta_training_tasks(s, pool=40, seed=1000)
+    assert len(tasks) == 3
+    for (x, y, units), task in zip(tasks, s.tasks):
+        assert x.shape[1:] == task.train.x.shape[1:] and 30 <= y.shape[0] <= 40
+        assert units == task.output_units and set(y.tolist()) == set(task.train.y.tolist())
+        # other images than the stream's support set
+        assert not any(torch.equal(a, b) for a in x for b in task.train.x)
+    assert am.other_dataset(bench_name) == encoder_data
