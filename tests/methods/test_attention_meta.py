@@ -330,3 +330,17 @@ def test_meta_training_tasks_rebuild_the_stream_from_other_training_images(bench
         # other images than the stream's support set
         assert not any(torch.equal(a, b) for a in x for b in task.train.x)
     assert am.other_dataset(bench_name) == encoder_data
+
+
+def test_preset_compares_on_the_same_5_shot_stream():
+    from cltk.methods import method_class
+    from cltk.presets import get_preset
+    from cltk.streams.builders import make_stream
+
+    p = get_preset("attention-meta")
+    assert p.methods[0] == "attention-meta" and {"finetune", "ewc", "si", "lwf", "er", "joint"} <= set(p.methods)
+    for m in p.methods:
+        method_class(m)
+    s = make_stream(p.benchmark, p.scenarios[0], 0, **p.stream_kwargs)
+    assert len(s.tasks) == 5 and all(torch.bincount(t.train.y)[list(t.output_units)].tolist() == [5, 5]
+                                     for t in s.tasks)
