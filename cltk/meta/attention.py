@@ -451,19 +451,22 @@ def meta_train(net: AttentionMetaNet, model: nn.Module, layout: Layout, encoder:
     n_per = tasks_per_episode or len(tasks)
     named = dict(model.named_parameters())
     init_w = _flat([named[n].detach() for n, _ in layout])
+    dev = init_w.device
+    net.to(dev)
+    encoder.to(dev)
     history = []
     t0 = time.perf_counter()
     model.train()
     for ep in range(episodes):
         order = torch.randperm(len(tasks), generator=g)[:n_per].tolist()
-        masks = episode_masks(scenario, n_outputs, [tasks[i][2] for i in order])
-        w = _reinit(init_w, layout, g)
+        masks = [m.to(dev) for m in episode_masks(scenario, n_outputs, [tasks[i][2] for i in order])]
+        w = _reinit(init_w.cpu(), layout, g).to(dev)
         memory: Optional[Tensor] = None
         queries: list[tuple[Tensor, Tensor, Tensor]] = []
         total = 0.0
         for pos, ti in enumerate(order):
             x, y, _ = tasks[ti]
-            sx, sy, qx, qy = _kshot(x, y, shots, query, g)
+            sx, sy, qx, qy = (t.to(dev) for t in _kshot(x, y, shots, query, g))
             with torch.no_grad():
                 z = encoder.task_representation(sx)
             w = w.detach()
