@@ -101,6 +101,7 @@ def test_update_is_bounded_by_the_clamp(stream):
     assert float(delta.abs().max()) > 0.005      # the bound is reached, not trivially satisfied by tiny outputs
 
 
+@torch.no_grad()
 def test_protection_ramps_down_the_change_on_weights_important_before(stream):
     model = tiny_mlp(stream)
     w, g = _head_grad(model, *_support(stream))
