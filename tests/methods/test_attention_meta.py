@@ -345,3 +345,19 @@ def test_preset_compares_on_the_same_5_shot_stream():
     s = make_stream(p.benchmark, p.scenarios[0], 0, **p.stream_kwargs)
     assert len(s.tasks) == 5 and all(torch.bincount(t.train.y)[list(t.output_units)].tolist() == [5, 5]
                                      for t in s.tasks)
+
+
+def test_optimizer_controls_the_first_conv_and_the_head(stream):
+    from cltk.models import ConvNet
+    torch.manual_seed(0)
+    net = ConvNet(stream.input_shape, stream.n_outputs, channels=(4, 8), hidden=16)
+    layout = am.controlled_layout(net, ["first-conv", "head"])
+    state = am.meta_checkpoint_state(_net(am.layout_numel(layout)), am.TaskEncoder(1, 16), layout,
+                                     info={"shots": 5})
+    params = [dict(net.named_parameters())[n] for n, _ in layout]
+    other = [p.detach().clone() for n, p in net.named_parameters() if n not in {m for m, _ in layout}]
+    before = [p.detach().clone() for p in params]
+    AttentionMetaOptimizer(params, state, model=net).step(_support(stream))
+    assert all(not torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(p, b) for p, b in zip((p for n, p in net.named_parameters()
+                                                  if n not in {m for m, _ in layout}), other))
