@@ -429,8 +429,8 @@ def inner_step(net: AttentionMetaNet, model: nn.Module, layout: Layout, w: Tenso
 def meta_train(net: AttentionMetaNet, model: nn.Module, layout: Layout, encoder: TaskEncoder,
                tasks: Sequence[tuple[Tensor, Tensor, Sequence[int]]], scenario: str, n_outputs: int, *,
                episodes: int = 100, tasks_per_episode: Optional[int] = None, inner_steps: int = 5, shots: int = 5,
-               query: int = 20, lr: float = 1e-3, train_body: bool = True, seed: int = 0,
-               log: Optional[Callable[[str], None]] = None) -> list[float]:
+               query: int = 20, lr: float = 1e-3, train_body: bool = True, shuffle_units: bool = False,
+               seed: int = 0, log: Optional[Callable[[str], None]] = None) -> list[float]:
     """Meta-train ``net`` (and, with ``train_body``, ``model``'s non-controlled parameters) in place.
 
     Args:
@@ -440,6 +440,9 @@ def meta_train(net: AttentionMetaNet, model: nn.Module, layout: Layout, encoder:
             and every earlier task of the episode, back-propagated into the meta-parameters (truncated at task
             boundaries: the weights entering a task are detached).
         shots: support images per class (K). query: query images per class.
+        shuffle_units: give every episode its own random permutation of the output units (labels and task units
+            permuted together), so no class keeps a fixed output unit across episodes and the meta-network cannot
+            store one fixed head in its parameters: it has to write each head from the support sets.
     Returns the mean meta-loss of every episode.
     """
     from torch.func import functional_call
@@ -459,13 +462,16 @@ def meta_train(net: AttentionMetaNet, model: nn.Module, layout: Layout, encoder:
     model.train()
     for ep in range(episodes):
         order = torch.randperm(len(tasks), generator=g)[:n_per].tolist()
-        masks = [m.to(dev) for m in episode_masks(scenario, n_outputs, [tasks[i][2] for i in order])]
+        perm = torch.randperm(n_outputs, generator=g) if shuffle_units else torch.arange(n_outputs)
+        masks = [m.to(dev) for m in episode_masks(scenario, n_outputs,
+                                                   [perm[list(tasks[i][2])].tolist() for i in order])]
         w = _reinit(init_w.cpu(), layout, g).to(dev)
         memory: Optional[Tensor] = None
         queries: list[tuple[Tensor, Tensor, Tensor]] = []
         total = 0.0
         for pos, ti in enumerate(order):
             x, y, _ = tasks[ti]
+            y = perm[y]
             sx, sy, qx, qy = (t.to(dev) for t in _kshot(x, y, shots, query, g))
             with torch.no_grad():
                 z = encoder.task_representation(sx)

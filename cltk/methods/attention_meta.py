@@ -37,7 +37,10 @@ class AttentionMetaConfig(MethodConfig):
     ``protect``: how far importance on earlier tasks ramps the allowed change down. Meta-training:
     ``meta_episodes`` Adam steps' episodes at ``meta_lr``, ``meta_query`` query images per class, ``meta_pool``
     training images per task to draw from, ``encoder_steps`` pretraining steps of the task encoder on
-    ``encoder_dataset`` ("auto": the other data set), ``train_body`` to meta-learn the non-controlled layers too.
+    ``encoder_dataset`` ("auto": the other data set), ``train_body`` to meta-learn the non-controlled layers too,
+    ``meta_shuffle_units`` to permute the output units in every meta-training episode (see
+    :func:`cltk.meta.meta_train`; without it a class keeps its output unit, and the meta-network can learn the
+    stream's head from the meta-training pool rather than from the K-shot support sets).
     """
 
     checkpoint: str = ""
@@ -59,6 +62,7 @@ class AttentionMetaConfig(MethodConfig):
     encoder_dataset: str = "auto"
     encoder_steps: int = 300
     train_body: bool = True
+    meta_shuffle_units: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -79,7 +83,7 @@ class AttentionMetaConfig(MethodConfig):
         for name in ("checkpoint", "encoder_dataset"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{type(self).__name__}.{name} must be a string, got {getattr(self, name)!r}")
-        for name in ("use_grad", "train_body"):
+        for name in ("use_grad", "train_body", "meta_shuffle_units"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{type(self).__name__}.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -166,7 +170,8 @@ class AttentionMeta(Method):
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.history = am.meta_train(net, model, layout, encoder, tasks, stream.scenario, stream.n_outputs,
                                      episodes=c.meta_episodes, inner_steps=c.inner_steps, shots=c.shots,
-                                     query=c.meta_query, lr=c.meta_lr, train_body=c.train_body, seed=seed)
+                                     query=c.meta_query, lr=c.meta_lr, train_body=c.train_body,
+                                     shuffle_units=c.meta_shuffle_units, seed=seed)
         controlled = {n for n, _ in layout}
         body = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in controlled}
         # the controlled layers start the stream from the model's own initialisation

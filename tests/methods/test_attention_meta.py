@@ -361,3 +361,29 @@ def test_optimizer_controls_the_first_conv_and_the_head(stream):
     assert all(not torch.equal(p, b) for p, b in zip(params, before))
     assert all(torch.equal(p, b) for p, b in zip((p for n, p in net.named_parameters()
                                                   if n not in {m for m, _ in layout}), other))
+
+
+def test_shuffled_units_give_each_episode_its_own_label_permutation(stream, monkeypatch):
+    """With shuffle_units the targets and the masks of an episode move to the same random units."""
+    model = tiny_mlp(stream)
+    layout = am.controlled_layout(model, ["head"])
+    net = am.AttentionMetaNet(am.MetaNetConfig(n_tokens=am.layout_numel(layout), task_dim=16, d_model=8, layers=1))
+    tasks = [(t.train.x, t.train.y, t.output_units) for t in stream.tasks]
+    seen = []
+    real = am.inner_step
+
+    def spy(net_, model_, layout_, w, x, y, mask, task, memory):
+        seen.append((set(y.tolist()), set(torch.nonzero(mask).squeeze(1).tolist())))
+        return real(net_, model_, layout_, w, x, y, mask, task, memory)
+
+    monkeypatch.setattr(am, "inner_step", spy)
+    for shuffle in (False, True):
+        seen.clear()
+        am.meta_train(net, model, layout, am.TaskEncoder(1, 16), tasks, "task", stream.n_outputs, episodes=6,
+                      inner_steps=1, shots=5, query=5, shuffle_units=shuffle, seed=3)
+        assert all(labels <= units for labels, units in seen)          # targets always inside the mask
+        label_sets = {frozenset(labels) for labels, _ in seen}
+        if shuffle:
+            assert len(label_sets) > 2
+        else:
+            assert label_sets == {frozenset(t.output_units) for t in stream.tasks}
