@@ -14,8 +14,8 @@ docs/attention_meta.md for what is shortened against the paper).
 """
 from __future__ import annotations
 
-import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -128,6 +128,7 @@ class AttentionMeta(Method):
         self.meta_state: Optional[dict] = None
         self.memory: Optional[Tensor] = None
         self.history: list[float] = []
+        self.meta_train_cpu_s = 0.0      # process CPU time of encoder pretraining and meta-training in setup
         self._opt = None
         self._support: Optional[tuple[Tensor, Tensor]] = None
 
@@ -162,16 +163,20 @@ class AttentionMeta(Method):
         c = self.config
         seed = int(torch.initial_seed()) % (2 ** 31)
         enc_data = am.other_dataset(stream.name) if c.encoder_dataset == "auto" else c.encoder_dataset
+        t0 = time.process_time()
         encoder = am.pretrain_task_encoder(enc_data, stream.input_shape, steps=c.encoder_steps, seed=seed)
+        encoder_cpu_s = time.process_time() - t0
         net = am.AttentionMetaNet(am.MetaNetConfig(
             n_tokens=am.layout_numel(layout), task_dim=encoder.dim, d_model=c.d_model, heads=c.heads,
             layers=c.n_layers, clamp=c.clamp, keep=c.keep, protect=c.protect, chunk=c.chunk, use_grad=c.use_grad))
         tasks = meta_training_tasks(stream, c.meta_pool, seed=stream.seed + 1000)
         start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        t0 = time.process_time()
         self.history = am.meta_train(net, model, layout, encoder, tasks, stream.scenario, stream.n_outputs,
                                      episodes=c.meta_episodes, inner_steps=c.inner_steps, shots=c.shots,
                                      query=c.meta_query, lr=c.meta_lr, train_body=c.train_body,
                                      shuffle_units=c.meta_shuffle_units, seed=seed)
+        self.meta_train_cpu_s = time.process_time() - t0 + encoder_cpu_s
         controlled = {n for n, _ in layout}
         body = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in controlled}
         # the controlled layers start the stream from the model's own initialisation
@@ -181,7 +186,8 @@ class AttentionMeta(Method):
                     p.copy_(start[n])
         return am.meta_checkpoint_state(net, encoder, layout, body, {"shots": c.shots, "episodes": c.meta_episodes,
                                                                      "inner_steps": c.inner_steps,
-                                                                     "stream": stream.name})
+                                                                     "stream": stream.name,
+                                                                     "meta_train_cpu_s": self.meta_train_cpu_s})
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def before_task(self, task: Task) -> None:
