@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "bwt_all_pairs", "fwt_adapted", "fit_readout", "readout_accuracy", "summarize"]
+__all__ = ["accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "bwt_all_pairs", "fwt_adapted", "fit_readout",
+           "readout_accuracy", "summarize"]
 
 Matrix = Sequence[Sequence[float]]
 
