@@ -2,8 +2,8 @@
 
 One :class:`cltk.optim.AttentionMetaOptimizer` step on a classifier head of n weights (MLP 784 -> h -> 10 with
 h = (n - 10) / 10, so n = 10 h + 10), support = the 10 real MNIST-5k images (5 of each of digits 0 and 1):
-support loss and gradient, importance scores (``topk_row_mask`` over all n at once), task encoder, the transformer (d_model 32, 2 heads, 2 layers, query
-chunks of 1024 rows), the update. Providers:
+support loss and gradient, importance scores (``topk_row_mask`` over all n at once), task encoder, the
+transformer (d_model 32, 2 heads, 2 layers, query chunks of 1024 rows), the update. Providers:
   chunked   the default: attention in query chunks of 1024 rows (each an SDPA call against all keys)
   naive     softmax(q k^T / sqrt(d)) v with the [n, n] score matrix materialised (the quadratic reference; run only
             up to 1e4 tokens: at 1e5 it would need 2 heads x 1e10 floats = 80 GB)
