@@ -16,7 +16,8 @@
     The attention meta-optimizer (Vettoruzzo et al. 2024) against finetune, EWC, SI, LwF, ER and joint on 5-shot
     Split MNIST-5k (5 tasks of 2 digits, 5 training images per digit), class-IL, 3 seeds, the 2x400 MLP, batch 10,
     50 iterations per task (attention-meta acts on the first 5 of them), 60 meta-training episodes per seed; see
-    docs/attention_meta.md. A MAML-style baseline ("maml-rep" / "oml") is meant to join ``methods`` once it exists.
+    docs/attention_meta.md (meta-training also sees 500 further labelled training images per task of the same
+    digits). A MAML-style baseline ("maml-rep" / "oml") is meant to join ``methods`` once it exists.
 """
 from __future__ import annotations
 

@@ -9,6 +9,11 @@ On the stream, each task gets ``inner_steps`` (Q) meta-optimizer steps on its K-
 ``shots`` per class from the task's training split); further loop steps leave the weights alone. No task id and
 no replay are used at test time; the importance memory that protects earlier tasks is all that is carried over.
 
+Meta-training sees ``meta_pool`` labelled training images per task of the stream's own classes; with the stream's
+fixed class-to-output-unit mapping the meta-network can store a head for those classes in its parameters, so
+results measure meta-training plus Q steps, not learning from K shots alone (``meta_shuffle_units=True`` removes
+that shortcut; docs/attention_meta.md has both).
+
 Defaults: K = 5 shots, top-K fraction 0.4 (the paper's). Model sizes and step counts are small for a CPU (see
 docs/attention_meta.md for what is shortened against the paper).
 """
