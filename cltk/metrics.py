@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "fit_readout", "readout_accuracy", "summarize"]
+__all__ = ["accuracy_matrix", "acc", "bwt", "fwt", "forgetting", "bwt_all_pairs", "fwt_adapted", "fit_readout",
+           "readout_accuracy", "summarize"]
 
 Matrix = Sequence[Sequence[float]]
 
@@ -73,6 +74,28 @@ def forgetting(R: Matrix) -> float:
     if T < 2:
         return math.nan
     return float(np.mean([a[: T - 1, j].max() - a[-1, j] for j in range(T - 1)]))
+
+
+def bwt_all_pairs(R: Matrix) -> float:
+    """Backward transfer over every pair, as Vettoruzzo et al. 2024 report it (after Díaz-Rodríguez et al. 2018):
+    ``BWT_pairs = sum_{i=1}^{T-1} sum_{j<i} (R[i][j] - R[j][j]) / (T (T - 1) / 2)``.
+
+    Every later row counts, not only the last one, so a method that forgets early and recovers is still charged.
+    """
+    a = accuracy_matrix(R)
+    T = a.shape[0]
+    if T < 2:
+        return math.nan
+    return float(sum(a[i, j] - a[j, j] for i in range(1, T) for j in range(i)) / (T * (T - 1) / 2))
+
+
+def fwt_adapted(R: Matrix) -> float:
+    """Forward transfer as Vettoruzzo et al. 2024 report it: the mean accuracy on the current and future tasks,
+    ``FWT_adapted = sum_i sum_{j>=i} R[i][j] / (T (T + 1) / 2)``, where row i is measured after task i's
+    test-time adaptation steps (no random-init baseline is subtracted, unlike :func:`fwt`)."""
+    a = accuracy_matrix(R)
+    T = a.shape[0]
+    return float(sum(a[i, j] for i in range(T) for j in range(i, T)) / (T * (T + 1) / 2))
 
 
 # ------------------------------------------------------------------------------------------------------- readout

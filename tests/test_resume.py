@@ -78,18 +78,25 @@ def interrupted_runs(make_method, stream_fn, kill_at, directory, **kw):
 
 
 KW = dict(iters_per_task=30, batch_size=16, progress=False, seed=1)
+# methods whose setup is costly by default (meta-training) run here with a small configuration
+FAST = {"attention-meta": dict(meta_episodes=1, encoder_steps=5, meta_pool=40, d_model=8, n_layers=1),
+        "oml": dict(meta_steps=5, meta_per_class=20), "maml-rep": dict(meta_steps=5, meta_per_class=20)}
+
+
+def method(name):
+    return get_method(name, **FAST.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_resume_after_interruptions_equals_uninterrupted_in_process(name, tmp_path):
     sc = scenario_of(name)
     try:   # methods built for their own model (a pretrained backbone, a text encoder) are covered in processes
-        get_method(name).setup(build_model("mlp", tiny_stream(sc)), tiny_stream(sc))
+        method(name).setup(build_model("mlp", tiny_stream(sc)), tiny_stream(sc))
     except (TypeError, ValueError) as e:
         pytest.skip(f"{name} does not train the MLP: {e}")
-    ref = run(name, "mlp", tiny_stream(sc), **KW)
+    ref = run(method(name), "mlp", tiny_stream(sc), **KW)
     # killed mid-task (7), just after a checkpoint (12), in the second and third tasks, and again after resuming
-    got = interrupted_runs(lambda: get_method(name), lambda: tiny_stream(sc), [7, 12, 23, 41, 5], tmp_path,
+    got = interrupted_runs(lambda: method(name), lambda: tiny_stream(sc), [7, 12, 23, 41, 5], tmp_path,
                            checkpoint_every=4, **KW)
     assert same(got.R, ref.R) and same(got.b, ref.b) and same(got.readout, ref.readout)
     s, r = got.summary(), ref.summary()
