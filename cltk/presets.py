@@ -12,6 +12,8 @@
     Adaptive Weight Modulation against its baselines on the pretrained EfficientNet-Lite0 (about 40 CPU-minutes).
 ``text``
     The MiniLM-L6 text sequence with the MIGU and LoRA-family methods (about an hour of CPU time).
+``bbc-cpt``
+    Continual pre-training of the small in-tree GPT on the 5 BBC News topics (:mod:`cltk.lm.cpt`; docs/cpt.md).
 """
 from __future__ import annotations
 
@@ -56,6 +58,11 @@ PRESETS: dict[str, Preset] = {
                     "(task-IL, 3 seeds): FT, MIGU, LoRA, MIGU-LoRA, O-LoRA, ER",
         methods=("finetune", "migu", "lora", "migu-lora", "o-lora", "er"), benchmark="text-3tasks",
         scenarios=("task",), seeds=(0, 1, 2), iters=50, model="minilm", batch_size=16),
+    "bbc-cpt": Preset(
+        description="continual pre-training of a small GPT on the 5 BBC News topics (held-out perplexity matrix): "
+                    "AdamW, MIGU, MIGUAdamW, ER, ER+MIGU, joint; 3 seeds (docs/cpt.md)",
+        methods=("vanilla", "migu", "migu-adamw", "er", "er-migu", "joint"), benchmark="bbc-cpt",
+        scenarios=("domain",), seeds=(0, 1, 2), iters=60, model="gpt", batch_size=8),
 }
 
 
