@@ -385,3 +385,25 @@ def compare_cli(args: Any, preset: Any) -> int:
     print(f"total: {wall:.0f} s wall, {cpu:.0f} s CPU ({torch.get_num_threads()} thread(s)); wrote "
           f"{len(paths)} files to {out}")
     return 0
+
+
+def merge_cpt_results(dirs: Sequence[str], out: str) -> list[dict]:
+    """Merge the results.json of comparisons run as separate processes (for example one per seed, each with
+    ``--threads 1``) into one folder: the runs are concatenated, ``meta.cpu_s`` is the sum and ``meta.wall_s`` the
+    longest; the settings must agree."""
+    docs = []
+    for d in dirs:
+        with open(os.path.join(d, "results.json"), encoding="utf-8") as f:
+            docs.append(json.load(f))
+    settings = docs[0]["settings"]
+    for d, doc in zip(dirs, docs):
+        if doc["settings"] != settings:
+            raise ValueError(f"merge_cpt_results: {d} was run with other settings")
+    runs = [r for doc in docs for r in doc["runs"]]
+    for r in runs:
+        r["metrics"] = {k: (math.nan if v is None else v) for k, v in r["metrics"].items()}
+    meta = {"command": "compare", "processes": len(docs), "cpu_s": sum(doc["meta"].get("cpu_s", 0.0) for doc in docs),
+            "wall_s": max(doc["meta"].get("wall_s", 0.0) for doc in docs), "threads": docs[0]["meta"].get("threads"),
+            "merged_from": [os.path.abspath(d) for d in dirs]}
+    write_cpt_results(out, runs, CPTSettings(**settings), meta=meta)
+    return runs

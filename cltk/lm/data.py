@@ -93,7 +93,7 @@ def _tokenized_bbc() -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], int,
 
 @lru_cache(maxsize=4)
 def bbc_cpt_data(seq_len: int = 64, vocab_size: Optional[int] = 8192, heldout_frac: float = 0.2,
-                 split_seed: int = 0, max_heldout_blocks: Optional[int] = 64) -> CPTData:
+                 split_seed: int = 0, max_heldout_blocks: Optional[int] = 32) -> CPTData:
     """The 5 BBC domains as :class:`CPTData` (cached; do not modify the returned tensors).
 
     ``max_heldout_blocks``: evaluate on at most this many held-out blocks per domain (the first ones of the

@@ -12,7 +12,7 @@ signed so that **positive means worse** (higher perplexity):
   domains between helped the unseen domain. Domain 1 is left out (there ``P[0, 1] - P[0, 1] = 0`` by definition),
   so it needs ``T >= 3`` (NaN otherwise).
 * ``forgetting_ppl(P) = mean_{j < T-1} (P[T-1, j] - min_{i >= j, i < T-1} P[i, j])``: increase over the best
-  perplexity the domain ever had, always >= 0.
+  perplexity the domain had before the final model (negative when the final model is its best so far).
 """
 from __future__ import annotations
 
