@@ -332,7 +332,7 @@ def plot_ppl_matrices(runs: Sequence[dict], out_dir: str) -> list[str]:
         for i in range(T):
             for j in range(P.shape[1]):
                 ax.text(j, i, f"{P[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="black" if norm(P[i, j]) > 0.5 else "white")
+                        color="white" if norm(P[i, j]) > 0.5 else "black")
         ax.set_xticks(range(P.shape[1]))
         ax.set_xticklabels(doms, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(T))
