@@ -244,7 +244,7 @@ def compare_cpt(methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] =
     return runs
 
 
-_KEYS = ("avg_ppl", "bwt_ppl", "fwt_ppl", "forgetting_ppl", "time_s")
+_KEYS = ("avg_ppl", "bwt_ppl", "fwt_ppl", "forgetting_ppl", "time_s", "cpu_s")
 
 
 def aggregate_cpt(runs: Sequence[dict]) -> list[dict]:
@@ -253,7 +253,7 @@ def aggregate_cpt(runs: Sequence[dict]) -> list[dict]:
         mine = [r for r in runs if r["method"] == name]
         row: dict[str, Any] = {"method": name, "n_seeds": len(mine)}
         for k in _KEYS:
-            v = np.array([r["time_s"] if k == "time_s" else r["metrics"][k] for r in mine], dtype=float)
+            v = np.array([r[k] if k in ("time_s", "cpu_s") else r["metrics"][k] for r in mine], dtype=float)
             row[k + "_mean"] = float(v.mean())
             row[k + "_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
         rows.append(row)
@@ -261,14 +261,14 @@ def aggregate_cpt(runs: Sequence[dict]) -> list[dict]:
 
 
 def format_cpt_table(runs: Sequence[dict]) -> str:
-    head = ["method", "seeds", "avg ppl", "BWT_ppl", "FWT_ppl", "forgetting_ppl", "time (s)"]
+    head = ["method", "seeds", "avg ppl", "BWT_ppl", "FWT_ppl", "forgetting_ppl", "wall (s)", "CPU (s)"]
 
     def f(r: dict, k: str, d: int) -> str:
         m = r[k + "_mean"]
         return "-" if m is None or math.isnan(m) else f"{m:.{d}f} ± {r[k + '_std']:.{d}f}"
 
     body = [[r["method"], str(r["n_seeds"]), f(r, "avg_ppl", 1), f(r, "bwt_ppl", 1), f(r, "fwt_ppl", 1),
-             f(r, "forgetting_ppl", 1), f(r, "time_s", 0)] for r in aggregate_cpt(runs)]
+             f(r, "forgetting_ppl", 1), f(r, "time_s", 0), f(r, "cpu_s", 0)] for r in aggregate_cpt(runs)]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body])
@@ -294,9 +294,9 @@ def write_cpt_results(out: str, runs: Sequence[dict], settings: CPTSettings, met
          "summary": aggregate_cpt(runs)}), indent=1))]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "seed", *_KEYS[:-1], "time_s", "cpu_s", "masked_row_frac", "P"])
+    w.writerow(["method", "seed", *_KEYS[:-2], "time_s", "cpu_s", "masked_row_frac", "P"])
     for r in runs:
-        w.writerow([r["method"], r["seed"], *(f"{r['metrics'][k]:.4f}" for k in _KEYS[:-1]), f"{r['time_s']:.2f}",
+        w.writerow([r["method"], r["seed"], *(f"{r['metrics'][k]:.4f}" for k in _KEYS[:-2]), f"{r['time_s']:.2f}",
                     f"{r['cpu_s']:.2f}", f"{r['masked_row_frac']:.4f}",
                     json.dumps([[round(v, 3) for v in row] for row in r["P"]])])
     paths.append(atomic_write(os.path.join(out, "results.csv"), buf.getvalue()))
