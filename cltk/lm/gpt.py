@@ -124,6 +124,7 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
     def loss(self, block: Tensor) -> Tensor:
-        """Mean next-token cross-entropy of int64 ``block`` ``[B, T + 1]`` (inputs ``[:, :-1]``, targets ``[:, 1:]``)."""
+        """Mean next-token cross-entropy of int64 ``block`` ``[B, T + 1]``: inputs ``[:, :-1]``, targets
+        ``[:, 1:]``."""
         logits = self(block[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), block[:, 1:].reshape(-1))
