@@ -384,6 +384,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         p = get_preset(args.preset or "default")
     except ValueError as e:
         raise CLIError(str(e)) from None
+    if (args.benchmark or p.benchmark) == "bbc-cpt":  # continual pre-training of a causal LM (cltk.lm.cpt)
+        from cltk.lm.cpt import compare_cli
+        return compare_cli(args, p)
     stream_kwargs = dict(p.stream_kwargs)
     stream_kwargs.update(_parse_stream_kwargs(args.stream))
     name = args.name or args.preset or time.strftime("%Y%m%d-%H%M%S")

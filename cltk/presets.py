@@ -18,6 +18,8 @@
     50 iterations per task (attention-meta acts on the first 5 of them), 60 meta-training episodes per seed; see
     docs/attention_meta.md (meta-training also sees 500 further labelled training images per task of the same
     digits). A MAML-style baseline ("maml-rep" / "oml") is meant to join ``methods`` once it exists.
+``bbc-cpt``
+    Continual pre-training of the small in-tree GPT on the 5 BBC News topics (:mod:`cltk.lm.cpt`; docs/cpt.md).
 """
 from __future__ import annotations
 
@@ -69,6 +71,11 @@ PRESETS: dict[str, Preset] = {
         methods=("attention-meta", "finetune", "ewc", "si", "lwf", "er", "joint"), benchmark="split-mnist5k",
         scenarios=("class",), seeds=(0, 1, 2), iters=50, batch_size=10,
         stream_kwargs={"train_per_task": 10, "val_fraction": 0.0}, config={"meta_episodes": 60}),
+    "bbc-cpt": Preset(
+        description="continual pre-training of a small GPT on the 5 BBC News topics (held-out perplexity matrix): "
+                    "AdamW, MIGU, MIGUAdamW, ER, ER+MIGU, joint; 3 seeds (docs/cpt.md)",
+        methods=("vanilla", "migu", "migu-adamw", "er", "er-migu", "joint"), benchmark="bbc-cpt",
+        scenarios=("domain",), seeds=(0, 1, 2), iters=60, model="gpt", batch_size=8),
 }
 
 
