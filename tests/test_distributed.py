@@ -20,7 +20,7 @@ from cltk.checkpoint import checkpoint_name, load_checkpoint
 from cltk.methods import available_methods
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["finetune", "ewc", "er", "agem", "derpp", "migu", "awm"]
+METHODS = ["finetune", "ewc", "mas", "er", "agem", "derpp", "migu", "awm"]
 N_TASKS = 3
 
 
@@ -128,6 +128,8 @@ def cli_args(name, out):
     # whose gradient is near zero; SGD keeps the two runs' weights within rounding of each other.
     # (EWC's default lambda of 1e7 is tuned for Adam; with SGD it needs a strength SGD can take.)
     extra = ["--set", "lambda_=100"] if name == "ewc" else []
+    if name == "mas":                  # an odd sample count: the ranks' shares differ (2 and 1)
+        extra = ["--set", "samples=3", "--set", "lambda_=100"]
     if name in ("agem", "derpp"):      # replay from the second step on, and a replay draw divisible by 2
         extra += ["--set", "replay_batch_size=8"]
     return ["run", *extra, "--set", "optimizer=sgd", "--set", "lr=0.01", "--method", name, *data_args(name),

@@ -7,7 +7,8 @@ After each task, for every training sample x_n of the task,
 (accumulated over tasks), with ``F`` the logits the scenario allows for the task (task-IL: its own head; class-IL:
 every unit seen so far; domain-IL: the shared head). No label is needed. The penalty is
 ``lambda_ * sum_i Omega_i (theta_i - theta*_i)^2`` with ``theta*`` the parameters at the end of the latest task.
-Under ``torch.distributed`` every rank uses its share of the samples and the ranks' Omegas are averaged.
+Under ``torch.distributed`` every rank uses its share of the samples (every world_size-th); each rank's mean is
+weighted by its share before the ranks are averaged, so Omega is the mean over all samples, as in one process.
 
 Default ``lambda_ = 1``, the authors' value for object recognition (rahafaljundi/MAS-Memory-Aware-Synapses,
 ``MAS.py``: "In object recognition it was set to 1"). The importance follows the paper's per-sample definition; the
@@ -70,14 +71,19 @@ class MAS(QuadraticRegularizer, Method):
         if c.samples is not None and c.samples < x.shape[0]:
             gen = torch.Generator().manual_seed(c.seed * 1_000_003 + task.index)
             x = x[torch.randperm(x.shape[0], generator=gen)[:c.samples]]
-        x = x[rank_shard()].to(device)
+        n_total = int(x.shape[0])
+        shard = rank_shard()
+        x = x[shard].to(device)
         mask = self.active_mask(torch.full((x.shape[0],), task.index, dtype=torch.long, device=device),
                                 upto=task.index)
 
         def squared_norm(logits: Tensor, m: Tensor) -> Tensor:
             return (logits * m).pow(2).sum()
 
-        return all_reduce_mean_(per_sample_grad_moment(model, squared_norm, (x, mask), power=1, chunk_size=c.chunk))
+        omega = per_sample_grad_moment(model, squared_norm, (x, mask), power=1, chunk_size=c.chunk)
+        if shard.step is not None and n_total:   # distributed: weight each rank's mean by its share of the samples
+            torch._foreach_mul_(omega, int(x.shape[0]) * shard.step / n_total)
+        return all_reduce_mean_(omega)
 
     def after_task(self, task: Task) -> None:
         omega = self.importance(task)
