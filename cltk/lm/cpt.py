@@ -46,7 +46,7 @@ class CPTSettings:
     pretrain_steps: int = 300
     batch_size: int = 8
     seq_len: int = 64
-    vocab_size: Optional[int] = 8192
+    vocab_size: Optional[int] = 12288
     heldout_frac: float = 0.2
     max_heldout_blocks: Optional[int] = 32
     n_domains: int = 5

@@ -27,11 +27,11 @@ class GPTConfig:
     """``vocab_size`` tokens, contexts of at most ``block_size`` tokens, ``n_layer`` blocks of width ``d_model``
     with ``n_head`` heads and an MLP of ``mlp_ratio * d_model``; ``dropout`` on attention and residual paths."""
 
-    vocab_size: int = 8192
+    vocab_size: int = 12288
     block_size: int = 64
-    n_layer: int = 4
+    n_layer: int = 6
     n_head: int = 4
-    d_model: int = 192
+    d_model: int = 256
     mlp_ratio: int = 4
     dropout: float = 0.0
     tie_head: bool = False

@@ -47,7 +47,7 @@ def test_pack_blocks_concatenates_and_drops_the_remainder():
 
 def test_bbc_blocks_are_deterministic_and_train_heldout_disjoint(data):
     again = bbc_cpt_data.__wrapped__()          # rebuilt from the (cached) tokens, not the cached result
-    assert data.domains == BBC_TOPICS and data.vocab_size == 8192
+    assert data.domains == BBC_TOPICS and data.vocab_size == 12288
     for k in range(5):
         assert torch.equal(data.train[k], again.train[k]) and torch.equal(data.heldout[k], again.heldout[k])
         assert data.train[k].shape[1] == 65 and data.train[k].dtype == torch.int64
@@ -80,8 +80,13 @@ def test_untrained_perplexity_is_of_the_vocabulary_size(data):
 
 
 def test_model_size_of_the_benchmark(data):
-    n = GPT(CPTSettings().gpt_config(data.vocab_size)).n_params()
-    assert 4e6 < n < 6e6
+    c = CPTSettings().gpt_config(data.vocab_size)
+    assert (c.vocab_size, c.d_model, c.n_layer, c.n_head, c.tie_head) == (12288, 256, 6, 4, False)
+    V, d, T = c.vocab_size, c.d_model, c.block_size
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    expected = V * d + T * d + c.n_layer * block + 2 * d + V * d       # embeddings, blocks, final LN, head
+    n = GPT(c).n_params()
+    assert n == expected == 11_046_912
 
 
 @pytest.mark.parametrize("method", list(CPT_METHODS))
