@@ -2,7 +2,7 @@
 
     python bench/summarize_attention_meta.py OUT_DIR RESULTS_DIR [RESULTS_DIR ...]
 
-Writes ``OUT_DIR/runs.csv`` (one row per run: ACC, BWT and FWT of Lopez-Paz & Ranzato, the paper's BWT over all
+Writes ``OUT_DIR/results.json`` (the merged runs, accuracy matrices included), ``OUT_DIR/runs.csv`` (one row per run: ACC, BWT and FWT of Lopez-Paz & Ranzato, the paper's BWT over all
 pairs and FWT after adaptation, readout, time), ``OUT_DIR/summary.csv`` (mean and sample std over seeds per method) and
 ``OUT_DIR/accuracy_matrix_<method>.png`` (accuracy matrix averaged over seeds, :func:`cltk.plots.plot_accuracy_matrices`),
 and prints the summary as a Markdown table.
@@ -17,7 +17,7 @@ import numpy as np
 
 from cltk import metrics
 from cltk.plots import plot_accuracy_matrices
-from cltk.results import read_json
+from cltk.results import read_json, write_json
 
 KEYS = ("acc", "bwt", "bwt_all_pairs", "fwt", "fwt_adapted", "readout", "time_s")
 
@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
         w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s.items()} for s in summary)
+    write_json(os.path.join(out, "results.json"), runs, {"merged_from": [os.path.basename(d.rstrip('/')) for d in dirs]})
     plot_accuracy_matrices(runs, out)
     print("| method | seeds | ACC | BWT (last row) | BWT over all pairs | FWT (L-P & R) | FWT after adaptation | "
           "readout |")
