@@ -13,11 +13,13 @@
 ``text``
     The MiniLM-L6 text sequence with the MIGU and LoRA-family methods (about an hour of CPU time).
 ``attention-meta``
-    The attention meta-optimizer (Vettoruzzo et al. 2024) against finetune, EWC, SI, LwF, ER and joint on 5-shot
-    Split MNIST-5k (5 tasks of 2 digits, 5 training images per digit), class-IL, 3 seeds, the 2x400 MLP, batch 10,
+    The attention meta-optimizer (Vettoruzzo et al. 2024) against finetune, EWC, SI, LwF, ER, the MAML-style
+    baselines MAML-Rep and OML (Javed & White 2019; meta-trained on the other data set) and joint on 5-shot Split
+    MNIST-5k (5 tasks of 2 digits, 5 training images per digit), class-IL, 3 seeds, the 2x400 MLP, batch 10,
     50 iterations per task (attention-meta acts on the first 5 of them), 60 meta-training episodes per seed; see
     docs/attention_meta.md (meta-training also sees 500 further labelled training images per task of the same
-    digits). A MAML-style baseline ("maml-rep" / "oml") is meant to join ``methods`` once it exists.
+    digits). ``--benchmark rotated-mnist5k --scenarios domain --stream train_per_task=50`` and
+    ``--benchmark split-fashion-mnist`` run the other two streams of the paper.
 ``bbc-cpt``
     Continual pre-training of the small in-tree GPT on the 5 BBC News topics (:mod:`cltk.lm.cpt`; docs/cpt.md).
 """
@@ -66,9 +68,10 @@ PRESETS: dict[str, Preset] = {
         scenarios=("task",), seeds=(0, 1, 2), iters=50, model="minilm", batch_size=16),
     # slot: add "maml-rep" / "oml" to methods when that method is registered
     "attention-meta": Preset(
-        description="attention meta-optimizer vs finetune, EWC, SI, LwF, ER, joint on 5-shot Split MNIST-5k "
+        description="attention meta-optimizer vs finetune, EWC, SI, LwF, ER, MAML-Rep, OML, joint on 5-shot Split MNIST-5k "
                     "(class-IL, 3 seeds, 50 iters/task, 60 meta-training episodes)",
-        methods=("attention-meta", "finetune", "ewc", "si", "lwf", "er", "joint"), benchmark="split-mnist5k",
+        methods=("attention-meta", "finetune", "ewc", "si", "lwf", "er", "maml-rep", "oml", "joint"),
+        benchmark="split-mnist5k",
         scenarios=("class",), seeds=(0, 1, 2), iters=50, batch_size=10,
         stream_kwargs={"train_per_task": 10, "val_fraction": 0.0}, config={"meta_episodes": 60}),
     "bbc-cpt": Preset(

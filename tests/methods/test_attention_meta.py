@@ -387,3 +387,25 @@ def test_shuffled_units_give_each_episode_its_own_label_permutation(stream, monk
             assert len(label_sets) > 2
         else:
             assert label_sets == {frozenset(t.output_units) for t in stream.tasks}
+
+
+@pytest.mark.parametrize("name", ["maml-rep", "oml"])
+def test_maml_style_baselines_run_on_the_preset_stream(name):
+    """The preset's MAML-style baselines (a few meta-steps here) learn each 5-shot task in class-IL with their
+    meta-learned representation frozen on the stream."""
+    from cltk.loop import run
+    from cltk.models import build_model
+    from cltk.presets import get_preset
+    from cltk.streams.builders import make_stream
+
+    p = get_preset("attention-meta")
+    assert {"maml-rep", "oml"} <= set(p.methods)
+    s = make_stream(p.benchmark, "class", 0, **p.stream_kwargs)
+    method = get_method(name, meta_steps=5, meta_per_class=20)
+    net = build_model(p.model, s, seed=0)
+    r = run(method, net, s, iters_per_task=p.iters, batch_size=p.batch_size, seed=0, readout=False, progress=False)
+    frozen = [n for n, q in net.named_parameters() if not q.requires_grad]
+    assert frozen, "the representation must be frozen on the stream"
+    diag = [r.R[i][i] for i in range(len(s.tasks))]
+    assert sum(diag) / len(diag) > 0.7, diag          # chance on a 2-digit task is 0.5
+    assert r.R[-1][0] < r.R[0][0]                     # class-IL without replay forgets the first task
