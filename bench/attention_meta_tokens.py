@@ -19,7 +19,7 @@ Measured (Intel Xeon, 2 vCPUs shared with other jobs, torch 2.13 CPU, 1 thread; 
 Memory of the chunked step grows 13x then 10x per 10x tokens (linear); the naive one 96x (quadratic). Time grows
 ~46x then ~97x: the attention's n^2 arithmetic is still there, only its memory is not.
 
-Run: ``PYTHONPATH=. python bench/bench_attention_meta.py [--sizes 1000,10000,100000] [--out CSV]``.
+Run: ``PYTHONPATH=. python bench/attention_meta_tokens.py [--sizes 1000,10000,100000] [--out CSV]``.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                 samples.append(time.process_time() - t0)
             t = summarize(samples)
             del step
-            peak = peak_extra_bytes(CallableSpec("bench.bench_attention_meta", "setup",
+            peak = peak_extra_bytes(CallableSpec("bench.attention_meta_tokens", "setup",
                                                  {"tokens": n, "provider": provider}), threads=1, timeout=1800)
             print(f"{provider:8s} n={n:>7d}  step {t.median * 1e3:9.1f} ms (p20 {t.p20 * 1e3:.1f}, p80 "
                   f"{t.p80 * 1e3:.1f}, {runs} runs)  peak extra {peak / 2**20:8.1f} MiB", flush=True)
