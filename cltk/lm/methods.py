@@ -14,13 +14,13 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from cltk._config import ConfigChecks
 from cltk.optim import MIGU, MIGUAdamW
 
 __all__ = ["CPTConfig", "MIGUCPTConfig", "ERCPTConfig", "ERMIGUCPTConfig", "CPTMethod", "CPT_METHODS",
@@ -28,7 +28,7 @@ __all__ = ["CPTConfig", "MIGUCPTConfig", "ERCPTConfig", "ERMIGUCPTConfig", "CPTM
 
 
 @dataclass
-class CPTConfig:
+class CPTConfig(ConfigChecks):
     """AdamW hyper-parameters shared by every method (lr constant during continual pre-training)."""
 
     lr: float = 1e-3
@@ -36,26 +36,11 @@ class CPTConfig:
     beta1: float = 0.9
     beta2: float = 0.95
 
-    def _err(self, name: str, what: str) -> ValueError:
-        return ValueError(f"{type(self).__name__}.{name} must be {what}, got {getattr(self, name)!r}")
-
-    def _check_float(self, name: str, lo: float, hi: float, hi_open: bool = True, lo_open: bool = False) -> None:
-        v = getattr(self, name)
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
-            raise self._err(name, f"a float in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-
-    def _check_int(self, name: str, lo: int) -> None:
-        v = getattr(self, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise self._err(name, f"an integer >= {lo}")
-
     def validate(self) -> "CPTConfig":
-        self._check_float("lr", 0.0, 1.0, hi_open=False, lo_open=True)
-        self._check_float("weight_decay", 0.0, 1.0, hi_open=False)
-        self._check_float("beta1", 0.0, 1.0)
-        self._check_float("beta2", 0.0, 1.0)
+        self.check_range("lr", 0.0, 1.0, lo_open=True)
+        self.check_range("weight_decay", 0.0, 1.0)
+        self.check_range("beta1", 0.0, 1.0, hi_open=True)
+        self.check_range("beta2", 0.0, 1.0, hi_open=True)
         return self
 
 
@@ -67,7 +52,7 @@ class MIGUCPTConfig(CPTConfig):
 
     def validate(self) -> "MIGUCPTConfig":
         super().validate()
-        self._check_float("threshold", 0.0, 1.0)
+        self.check_range("threshold", 0.0, 1.0, hi_open=True)
         return self
 
 
@@ -82,9 +67,9 @@ class ERCPTConfig(CPTConfig):
 
     def validate(self) -> "ERCPTConfig":
         super().validate()
-        self._check_int("buffer_size", 1)
-        self._check_int("replay_batch_size", 0)
-        self._check_int("seed", 0)
+        self.check_int("buffer_size", 1)
+        self.check_int("replay_batch_size", 0)
+        self.check_int("seed", 0)
         return self
 
 
@@ -94,7 +79,7 @@ class ERMIGUCPTConfig(ERCPTConfig):
 
     def validate(self) -> "ERMIGUCPTConfig":
         super().validate()
-        self._check_float("threshold", 0.0, 1.0)
+        self.check_range("threshold", 0.0, 1.0, hi_open=True)
         return self
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 import pkgutil
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, NamedTuple, Optional
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cltk._config import ConfigChecks
 from cltk.streams.base import SCENARIOS, Stream, Task
 
 __all__ = ["Batch", "MethodConfig", "Method", "register", "get_method", "available_methods", "method_class"]
@@ -48,12 +48,12 @@ class Batch(NamedTuple):
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(ConfigChecks):
     """Fields every method shares: the optimizer a task is trained with.
 
     ``optimizer`` is ``"adam"`` or ``"sgd"``; ``lr`` its learning rate (so plain SGD with a 10x smaller rate is
     ``MethodConfig(optimizer="sgd", lr=...)``). Subclasses add their own fields and extend :meth:`validate`,
-    which runs on construction and raises ``ValueError`` naming the field.
+    which runs on construction and raises ``ValueError`` naming the field (helpers: :class:`cltk._config.ConfigChecks`).
     """
 
     optimizer: str = "adam"
@@ -70,32 +70,6 @@ class MethodConfig:
         self.check_positive("lr")
         self.check_nonnegative("momentum")
         self.check_nonnegative("weight_decay")
-
-    # -- helpers for subclasses' validate() --------------------------------------------------------------
-    def _value(self, name: str) -> float:
-        v = getattr(self, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{type(self).__name__}.{name} must be a finite number, got {v!r}")
-        return float(v)
-
-    def check_positive(self, name: str) -> None:
-        if self._value(name) <= 0:
-            raise ValueError(f"{type(self).__name__}.{name} must be > 0, got {getattr(self, name)!r}")
-
-    def check_nonnegative(self, name: str) -> None:
-        if self._value(name) < 0:
-            raise ValueError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)!r}")
-
-    def check_range(self, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = self._value(name)
-        if (v < lo or (lo_open and v == lo)) or (v > hi or (hi_open and v == hi)):
-            lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-            raise ValueError(f"{type(self).__name__}.{name} must be in {lb}{lo}, {hi}{rb}, got {getattr(self, name)!r}")
-
-    def check_int(self, name: str, minimum: int) -> None:
-        v = getattr(self, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"{type(self).__name__}.{name} must be an integer >= {minimum}, got {v!r}")
 
 
 class Method:
