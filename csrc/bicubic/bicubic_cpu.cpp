@@ -18,7 +18,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "bicubic/bicubic_check.h"
 #include "bicubic/bicubic_taps.h"
@@ -29,7 +34,32 @@ using namespace cltk_bicubic;
 
 constexpr int64_t kRowsPerChunk = 256;   // backward row chunk: fixed, so the sum order never depends on threads
 constexpr int64_t kRowsPerBlock = 16;    // forward work item
-constexpr int64_t kColTile = 1024;       // backward column tile: the chunk's partial rows stay in L1
+// Backward column tile: four partial rows of it (128 KiB in fp32) stay in L2, and each of the eight input
+// streams of a row group reads 32 KiB in a row, long enough for the hardware prefetcher (1024 columns, one
+// 4 KiB page per row, left it restarting on every page: 10.6 ms against 9.2 ms at 4096^2).
+constexpr int64_t kColTile = 8192;
+// Forward outputs of at least this many bytes are written with non-temporal (streaming) stores: W_eff is far
+// larger than the caches, so the stores skip the read-for-ownership of every output line (a quarter less
+// memory traffic: 8.7 ms against 11.0 ms for 4096^2 fp32). Smaller outputs stay cached for the next layer.
+constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
+
+// Non-temporal store of one vector at an address aligned to its size (false: not available in this build).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHaveStream = true;
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) { _mm512_stream_ps(p, v); }
+inline void stream_store(double* p, const at::vec::Vectorized<double>& v) { _mm512_stream_pd(p, v); }
+inline void stream_fence() { _mm_sfence(); }
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHaveStream = true;
+inline void stream_store(float* p, const at::vec::Vectorized<float>& v) { _mm256_stream_ps(p, v); }
+inline void stream_store(double* p, const at::vec::Vectorized<double>& v) { _mm256_stream_pd(p, v); }
+inline void stream_fence() { _mm_sfence(); }
+#else
+constexpr bool kHaveStream = false;
+template <typename scalar_t>
+inline void stream_store(scalar_t* p, const at::vec::Vectorized<scalar_t>& v) { v.store(p); }
+inline void stream_fence() {}
+#endif
 
 // One weight of a (multi-)call. Pointers are to contiguous storage.
 template <typename scalar_t>
@@ -64,8 +94,9 @@ void width_upsample(Job<scalar_t>& job, bool align_corners) {
   }
 }
 
-// dst[i] = src[i] * sum_k a_ik U[r_ik] for rows [i0, i1).
-template <typename scalar_t>
+// dst[i] = src[i] * sum_k a_ik U[r_ik] for rows [i0, i1); kStream: vector stores are non-temporal (the caller
+// fences).
+template <typename scalar_t, bool kStream>
 void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst, bool align_corners, int64_t i0,
                    int64_t i1) {
   using Vec = at::vec::Vectorized<scalar_t>;
@@ -83,12 +114,27 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
     scalar_t* d = dst + i * I;
     const Vec a0(a[0]), a1(a[1]), a2(a[2]), a3(a[3]);
     int64_t j = 0;
+    if (kStream) {
+      // Scalar head up to the vector alignment that streaming stores need.
+      constexpr uintptr_t kAlign = sizeof(Vec);
+      for (; j < I && (reinterpret_cast<uintptr_t>(d + j) % kAlign) != 0; ++j) {
+        scalar_t up = u0[j] * a[0];
+        up += u1[j] * a[1];
+        up += u2[j] * a[2];
+        up += u3[j] * a[3];
+        d[j] = s[j] * up;
+      }
+    }
     for (; j + Vec::size() <= I; j += Vec::size()) {
       Vec up = Vec::loadu(u0 + j) * a0;
       up = up + Vec::loadu(u1 + j) * a1;
       up = up + Vec::loadu(u2 + j) * a2;
       up = up + Vec::loadu(u3 + j) * a3;
-      (Vec::loadu(s + j) * up).store(d + j);
+      if (kStream) {
+        stream_store(d + j, Vec::loadu(s + j) * up);
+      } else {
+        (Vec::loadu(s + j) * up).store(d + j);
+      }
     }
     for (; j < I; ++j) {
       scalar_t up = u0[j] * a[0];
@@ -113,13 +159,20 @@ void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners) {
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRowsPerBlock * 256));
   at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
     size_t k = std::upper_bound(first_item.begin(), first_item.end(), b) - first_item.begin() - 1;
+    bool streamed = false;
     for (int64_t it = b; it < e; ++it) {
       while (it >= first_item[k + 1]) ++k;
       const Job<scalar_t>& job = jobs[k];
       const int64_t i0 = (it - first_item[k]) * kRowsPerBlock;
       const int64_t i1 = std::min(job.out, i0 + kRowsPerBlock);
-      modulate_rows(job, job.w, job.dst, align_corners, i0, i1);
+      if (kHaveStream && job.out * job.in * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamMinBytes) {
+        modulate_rows<scalar_t, true>(job, job.w, job.dst, align_corners, i0, i1);
+        streamed = true;
+      } else {
+        modulate_rows<scalar_t, false>(job, job.w, job.dst, align_corners, i0, i1);
+      }
     }
+    if (streamed) stream_fence();  // the streaming stores of this thread are visible before the op returns
   });
 }
 
@@ -132,7 +185,40 @@ void chunk_span(const Job<scalar_t>& job, bool align_corners, int64_t i0, int64_
   *hi = clamp_index(tap_base<scalar_t>(sy, i1 - 1, job.m1, align_corners, &t) + 2, job.m1);
 }
 
-// Backward of one chunk: partial [hi - lo + 1, in] = A_c^T (G * W)_c; grad_W rows when asked.
+// t_k[j] += sum_r a_rk g_r[j] w_r[j] for k = 0..3 and columns [j0, j1), over R rows that share their four taps
+// (rows of one run of the same source base): four read-modify-writes of the partial rows per R input rows. The
+// four updates are sequential on purpose: taps may coincide at the borders (clamped), t_k then alias.
+template <typename scalar_t, int R>
+void accumulate_rows(const scalar_t* const* g, const scalar_t* const* w, const scalar_t* a, scalar_t* const* t,
+                     int64_t j0, int64_t j1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  Vec av[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < 4; ++k) av[r][k] = Vec(a[r * 4 + k]);
+  int64_t j = j0;
+  for (; j + Vec::size() <= j1; j += Vec::size()) {
+    Vec p[R];
+    for (int r = 0; r < R; ++r) p[r] = Vec::loadu(g[r] + j) * Vec::loadu(w[r] + j);
+    for (int k = 0; k < 4; ++k) {
+      Vec acc = p[0] * av[0][k];
+      for (int r = 1; r < R; ++r) acc = acc + p[r] * av[r][k];
+      (Vec::loadu(t[k] + j) + acc).store(t[k] + j);
+    }
+  }
+  for (; j < j1; ++j) {
+    scalar_t p[R];
+    for (int r = 0; r < R; ++r) p[r] = g[r][j] * w[r][j];
+    for (int k = 0; k < 4; ++k) {
+      scalar_t acc = p[0] * a[k];
+      for (int r = 1; r < R; ++r) acc += p[r] * a[r * 4 + k];
+      t[k][j] += acc;
+    }
+  }
+}
+
+// Backward of one chunk: partial [hi - lo + 1, in] = A_c^T (G * W)_c; grad_W rows when asked. Rows are taken in
+// groups of up to four consecutive rows with equal taps (fixed by the row indices alone, so the order of the sums
+// is deterministic).
 template <typename scalar_t>
 void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, int64_t i1, int64_t lo,
                     scalar_t* partial) {
@@ -140,47 +226,56 @@ void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, in
   const int64_t I = job.in;
   const int64_t rows = i1 - i0;
   const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
-  std::vector<int64_t> idx(static_cast<size_t>(rows * 4));
-  std::vector<scalar_t> a(static_cast<size_t>(rows * 4));
+  int64_t idx[kRowsPerChunk * 4];
+  scalar_t a[kRowsPerChunk * 4];
   for (int64_t i = i0; i < i1; ++i) bicubic_taps<scalar_t>(sy, i, job.m1, align_corners, &idx[(i - i0) * 4], &a[(i - i0) * 4]);
+  // Row groups: group q covers rows [start[q], start[q + 1]).
+  int64_t start[kRowsPerChunk + 1];
+  int64_t groups = 0;
+  for (int64_t r = 0; r < rows;) {
+    start[groups++] = r;
+    int64_t e = r + 1;
+    while (e < rows && e - r < 4 && idx[e * 4] == idx[r * 4] && idx[e * 4 + 1] == idx[r * 4 + 1] &&
+           idx[e * 4 + 2] == idx[r * 4 + 2] && idx[e * 4 + 3] == idx[r * 4 + 3])
+      ++e;
+    r = e;
+  }
+  start[groups] = rows;
   const bool want_gw = job.dst != nullptr;
   for (int64_t j0 = 0; j0 < I; j0 += kColTile) {
     const int64_t j1 = std::min(I, j0 + kColTile);
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t* id = &idx[(i - i0) * 4];
-      const scalar_t* ai = &a[(i - i0) * 4];
-      const scalar_t* g = job.grad + i * I;
-      const scalar_t* w = job.w + i * I;
-      scalar_t* t0 = partial + (id[0] - lo) * I;
-      scalar_t* t1 = partial + (id[1] - lo) * I;
-      scalar_t* t2 = partial + (id[2] - lo) * I;
-      scalar_t* t3 = partial + (id[3] - lo) * I;
-      const Vec a0(ai[0]), a1(ai[1]), a2(ai[2]), a3(ai[3]);
-      int64_t j = j0;
+    for (int64_t q = 0; q < groups; ++q) {
+      const int64_t r0 = start[q], n = start[q + 1] - start[q];
       if (job.gmod != nullptr) {
-        // Taps may coincide at the borders (clamped): the four updates are sequential on purpose.
-        for (; j + Vec::size() <= j1; j += Vec::size()) {
-          const Vec p = Vec::loadu(g + j) * Vec::loadu(w + j);
-          (Vec::loadu(t0 + j) + p * a0).store(t0 + j);
-          (Vec::loadu(t1 + j) + p * a1).store(t1 + j);
-          (Vec::loadu(t2 + j) + p * a2).store(t2 + j);
-          (Vec::loadu(t3 + j) + p * a3).store(t3 + j);
+        const scalar_t* g[4];
+        const scalar_t* w[4];
+        for (int64_t r = 0; r < n; ++r) {
+          g[r] = job.grad + (i0 + r0 + r) * I;
+          w[r] = job.w + (i0 + r0 + r) * I;
         }
-        for (; j < j1; ++j) {
-          const scalar_t p = g[j] * w[j];
-          t0[j] += p * ai[0];
-          t1[j] += p * ai[1];
-          t2[j] += p * ai[2];
-          t3[j] += p * ai[3];
+        const int64_t* id = &idx[r0 * 4];
+        scalar_t* t[4] = {partial + (id[0] - lo) * I, partial + (id[1] - lo) * I, partial + (id[2] - lo) * I,
+                          partial + (id[3] - lo) * I};
+        const scalar_t* ar = &a[r0 * 4];
+        switch (n) {
+          case 4: accumulate_rows<scalar_t, 4>(g, w, ar, t, j0, j1); break;
+          case 3: accumulate_rows<scalar_t, 3>(g, w, ar, t, j0, j1); break;
+          case 2: accumulate_rows<scalar_t, 2>(g, w, ar, t, j0, j1); break;
+          default: accumulate_rows<scalar_t, 1>(g, w, ar, t, j0, j1); break;
         }
       }
-      if (want_gw) {
+      if (!want_gw) continue;
+      for (int64_t r = r0; r < r0 + n; ++r) {
+        const int64_t* id = &idx[r * 4];
+        const scalar_t* ai = &a[r * 4];
+        const Vec a0(ai[0]), a1(ai[1]), a2(ai[2]), a3(ai[3]);
         const scalar_t* u0 = job.U.data() + id[0] * I;
         const scalar_t* u1 = job.U.data() + id[1] * I;
         const scalar_t* u2 = job.U.data() + id[2] * I;
         const scalar_t* u3 = job.U.data() + id[3] * I;
-        scalar_t* d = job.dst + i * I;
-        j = j0;
+        const scalar_t* g = job.grad + (i0 + r) * I;
+        scalar_t* d = job.dst + (i0 + r) * I;
+        int64_t j = j0;
         for (; j + Vec::size() <= j1; j += Vec::size()) {
           Vec up = Vec::loadu(u0 + j) * a0;
           up = up + Vec::loadu(u1 + j) * a1;
