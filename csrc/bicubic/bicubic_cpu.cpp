@@ -38,9 +38,12 @@ constexpr int64_t kRowsPerBlock = 16;    // forward work item
 // streams of a row group reads 32 KiB in a row, long enough for the hardware prefetcher (1024 columns, one
 // 4 KiB page per row, left it restarting on every page: 10.6 ms against 9.2 ms at 4096^2).
 constexpr int64_t kColTile = 8192;
-// Forward outputs of at least this many bytes are written with non-temporal (streaming) stores: W_eff is far
-// larger than the caches, so the stores skip the read-for-ownership of every output line (a quarter less
-// memory traffic: 8.7 ms against 11.0 ms for 4096^2 fp32). Smaller outputs stay cached for the next layer.
+// A forward into caller-provided buffers (the out= variants) whose outputs total at least this many bytes (4x a
+// core's L2) writes them with non-temporal (streaming) stores: they skip the read-for-ownership of every output line
+// (a quarter less memory traffic: 9.0 against 11.2 ms for 4096^2 fp32) and leave the caches to the inputs (the
+// backward's G and W); the first outputs of such a call would have left L2 before the layers read them anyway.
+// Smaller calls keep their outputs cached. Fresh outputs are normal stores: their pages were just faulted in and
+// zeroed by the kernel, so their lines are in cache already (streaming there measured 54 against 48 ms at 4096^2).
 constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 
 // Non-temporal store of one vector at an address aligned to its size (false: not available in this build).
@@ -147,7 +150,7 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
 }
 
 template <typename scalar_t>
-void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners) {
+void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners, bool caller_out) {
   at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) width_upsample(jobs[k], align_corners);
   });
@@ -156,6 +159,9 @@ void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners) {
   for (size_t k = 0; k < jobs.size(); ++k)
     first_item[k + 1] = first_item[k] + (jobs[k].out + kRowsPerBlock - 1) / kRowsPerBlock;
   const int64_t items = first_item.back();
+  int64_t total_bytes = 0;
+  for (const auto& job : jobs) total_bytes += job.out * job.in * static_cast<int64_t>(sizeof(scalar_t));
+  const bool stream = caller_out && total_bytes >= kStreamMinBytes;
   const int64_t grain = std::max<int64_t>(1, 65536 / (kRowsPerBlock * 256));
   at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) {
     size_t k = std::upper_bound(first_item.begin(), first_item.end(), b) - first_item.begin() - 1;
@@ -165,7 +171,7 @@ void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners) {
       const Job<scalar_t>& job = jobs[k];
       const int64_t i0 = (it - first_item[k]) * kRowsPerBlock;
       const int64_t i1 = std::min(job.out, i0 + kRowsPerBlock);
-      if (kHaveStream && job.out * job.in * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamMinBytes) {
+      if (kHaveStream && stream) {
         modulate_rows<scalar_t, true>(job, job.w, job.dst, align_corners, i0, i1);
         streamed = true;
       } else {
@@ -388,7 +394,7 @@ Job<scalar_t> make_job(const at::Tensor& w, const at::Tensor& mod) {
 }
 
 void forward_into(const char* op, at::TensorList weights, at::TensorList mods, bool align_corners,
-                  std::vector<at::Tensor>& outs) {
+                  std::vector<at::Tensor>& outs, bool caller_out) {
   if (weights.empty()) return;
   std::vector<at::Tensor> wc, mc;
   for (size_t k = 0; k < weights.size(); ++k) {
@@ -405,14 +411,14 @@ void forward_into(const char* op, at::TensorList weights, at::TensorList mods, b
       job.dst = outs[k].data_ptr<scalar_t>();
       jobs.push_back(std::move(job));
     }
-    forward_jobs(jobs, align_corners);
+    forward_jobs(jobs, align_corners, caller_out);
   });
 }
 
 at::Tensor bicubic_modulate_cpu(const at::Tensor& weight, const at::Tensor& mod, bool align_corners) {
   check_weight_mod("bicubic_modulate", weight, mod);
   std::vector<at::Tensor> outs{at::empty(weight.sizes(), weight.options())};
-  forward_into("bicubic_modulate", {weight}, {mod}, align_corners, outs);
+  forward_into("bicubic_modulate", {weight}, {mod}, align_corners, outs, false);
   return outs[0];
 }
 
@@ -420,14 +426,14 @@ void bicubic_modulate_out_cpu(const at::Tensor& weight, const at::Tensor& mod, b
   check_weight_mod("bicubic_modulate_out_", weight, mod);
   check_out("bicubic_modulate_out_", out, weight);
   std::vector<at::Tensor> outs{out};
-  forward_into("bicubic_modulate_out_", {weight}, {mod}, align_corners, outs);
+  forward_into("bicubic_modulate_out_", {weight}, {mod}, align_corners, outs, true);
 }
 
 std::vector<at::Tensor> bicubic_modulate_multi_cpu(at::TensorList weights, at::TensorList mods, bool align_corners) {
   check_lists("bicubic_modulate_multi", weights, mods);
   std::vector<at::Tensor> outs;
   for (const auto& w : weights) outs.push_back(at::empty(w.sizes(), w.options()));
-  forward_into("bicubic_modulate_multi", weights, mods, align_corners, outs);
+  forward_into("bicubic_modulate_multi", weights, mods, align_corners, outs, false);
   return outs;
 }
 
@@ -437,7 +443,7 @@ void bicubic_modulate_multi_out_cpu(at::TensorList weights, at::TensorList mods,
               weights.size(), "), got ", outs.size());
   for (size_t k = 0; k < outs.size(); ++k) check_out("bicubic_modulate_multi_out_", outs[k], weights[k], k);
   std::vector<at::Tensor> o(outs.begin(), outs.end());
-  forward_into("bicubic_modulate_multi_out_", weights, mods, align_corners, o);
+  forward_into("bicubic_modulate_multi_out_", weights, mods, align_corners, o, true);
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> backward_impl(const char* op, at::TensorList grads,

@@ -1,5 +1,6 @@
-"""bicubic_modulate on weights large enough for the CPU kernel's streaming-store forward (outputs of 8 MiB and more)
-and for several backward row chunks, with row lengths that leave rows unaligned, against the F.interpolate reference."""
+"""bicubic_modulate on weights large enough for the CPU kernel's streaming-store forward (out= buffers totalling
+8 MiB and more per call) and for several backward row chunks, with row lengths and buffers that leave rows unaligned,
+against the F.interpolate reference."""
 import pytest
 import torch
 
@@ -43,7 +44,7 @@ def test_large_matches_ref(wshape, mshape, dtype, align_corners):
     ref_gw, _ = torch.autograd.grad(ref_y, (w, m), grad)
     gm64, mass = grad_mod_ref64(w0, m0, grad, align_corners)
 
-    for impl in ("kernel", "out_unaligned", "multi"):
+    for impl in ("kernel", "out_unaligned", "multi", "multi_out"):
         w = w0.clone().requires_grad_()
         m = m0.clone().requires_grad_()
         if impl == "kernel":
@@ -52,8 +53,14 @@ def test_large_matches_ref(wshape, mshape, dtype, align_corners):
             buf = _unaligned_buffer(wshape, dtype)
             y = bicubic_modulate(w, m, align_corners, out=buf)
             assert y.data_ptr() == buf.data_ptr()
-        else:
+        elif impl == "multi":
             (y,) = bicubic_modulate_multi([w], [m], align_corners)
+        else:  # with a small weight in the same call: the call's total decides, every row unaligned
+            small_w = torch.randn(5, 7, dtype=dtype, generator=g)
+            small_m = torch.rand(2, 3, dtype=dtype, generator=g)
+            bufs = [_unaligned_buffer((5, 7), dtype), _unaligned_buffer(wshape, dtype)]
+            small_y, y = bicubic_modulate_multi([small_w, w], [small_m, m], align_corners, out=bufs)
+            torch.testing.assert_close(small_y, bicubic_modulate_ref(small_w, small_m, align_corners), **tol(dtype))
         torch.testing.assert_close(y.detach(), ref_y.detach(), **tol(dtype), msg=lambda s: f"{impl} forward: {s}")
         gw, gm = torch.autograd.grad(y, (w, m), grad)
         torch.testing.assert_close(gw, ref_gw, **tol(dtype), msg=lambda s: f"{impl} grad_weight: {s}")
