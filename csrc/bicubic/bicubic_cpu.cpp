@@ -139,12 +139,13 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
         (Vec::loadu(s + j) * up).store(d + j);
       }
     }
-    for (; j < I; ++j) {
-      scalar_t up = u0[j] * a[0];
-      up += u1[j] * a[1];
-      up += u2[j] * a[2];
-      up += u3[j] * a[3];
-      d[j] = s[j] * up;
+    if (j < I) {  // the tail as one partial vector (the whole row for narrow weights such as depthwise 3x3)
+      const int64_t c = I - j;
+      Vec up = Vec::loadu(u0 + j, c) * a0;
+      up = up + Vec::loadu(u1 + j, c) * a1;
+      up = up + Vec::loadu(u2 + j, c) * a2;
+      up = up + Vec::loadu(u3 + j, c) * a3;
+      (Vec::loadu(s + j, c) * up).store(d + j, c);
     }
   }
 }
@@ -211,13 +212,14 @@ void accumulate_rows(const scalar_t* const* g, const scalar_t* const* w, const s
       (Vec::loadu(t[k] + j) + acc).store(t[k] + j);
     }
   }
-  for (; j < j1; ++j) {
-    scalar_t p[R];
-    for (int r = 0; r < R; ++r) p[r] = g[r][j] * w[r][j];
+  if (j < j1) {  // the tail as one partial vector
+    const int64_t c = j1 - j;
+    Vec p[R];
+    for (int r = 0; r < R; ++r) p[r] = Vec::loadu(g[r] + j, c) * Vec::loadu(w[r] + j, c);
     for (int k = 0; k < 4; ++k) {
-      scalar_t acc = p[0] * a[k];
-      for (int r = 1; r < R; ++r) acc += p[r] * a[r * 4 + k];
-      t[k][j] += acc;
+      Vec acc = p[0] * av[0][k];
+      for (int r = 1; r < R; ++r) acc = acc + p[r] * av[r][k];
+      (Vec::loadu(t[k] + j, c) + acc).store(t[k] + j, c);
     }
   }
 }
@@ -289,12 +291,13 @@ void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, in
           up = up + Vec::loadu(u3 + j) * a3;
           (Vec::loadu(g + j) * up).store(d + j);
         }
-        for (; j < j1; ++j) {
-          scalar_t up = u0[j] * ai[0];
-          up += u1[j] * ai[1];
-          up += u2[j] * ai[2];
-          up += u3[j] * ai[3];
-          d[j] = g[j] * up;
+        if (j < j1) {
+          const int64_t c = j1 - j;
+          Vec up = Vec::loadu(u0 + j, c) * a0;
+          up = up + Vec::loadu(u1 + j, c) * a1;
+          up = up + Vec::loadu(u2 + j, c) * a2;
+          up = up + Vec::loadu(u3 + j, c) * a3;
+          (Vec::loadu(g + j, c) * up).store(d + j, c);
         }
       }
     }
