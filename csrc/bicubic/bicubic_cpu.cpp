@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -76,23 +77,76 @@ struct Job {
   std::vector<scalar_t> U;         // [m1, in]
 };
 
+// Taps of destination samples [d0, d0 + n), n <= kTapBlock: idx[4 * l + k] and w[4 * l + k] for sample d0 + l,
+// exactly bicubic_taps' values. For float, Vectorized<float>::size() samples at a time with the same operations
+// in the same order (one fused multiply-add for the source position, as std::fma; floor; separate multiplies and
+// adds for the cubic coefficients), exact while the indices are exact in float; a backbone has tens of thousands
+// of rows and columns, and the scalar taps cost about 7 ns each.
+constexpr int64_t kTapBlock = 256;
+static_assert(kRowsPerChunk <= kTapBlock && kRowsPerBlock <= kTapBlock, "row taps are computed in one block");
+
+template <typename scalar_t>
+void taps_block(scalar_t scale, int64_t d0, int64_t n, int64_t in, bool align_corners, int64_t* idx, scalar_t* w) {
+  int64_t l = 0;
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    using Vec = at::vec::Vectorized<float>;
+    constexpr int64_t V = Vec::size();
+    if (d0 + n < (int64_t(1) << 22) && in < (int64_t(1) << 22)) {
+      const Vec A(-0.75f), one(1.f), a2(-0.75f + 2.f), a3(-0.75f + 3.f), a5(5.f * -0.75f), a8(8.f * -0.75f),
+          a4(4.f * -0.75f), vscale(scale), last(static_cast<float>(in - 1)), zero(0.f), half(0.5f);
+      const auto conv1 = [&](const Vec& x) { return (a2 * x - a3) * x * x + one; };
+      const auto conv2 = [&](const Vec& x) { return ((A * x - a5) * x + a8) * x - a4; };
+      for (; l + V <= n; l += V) {
+        const Vec dst = Vec::arange(static_cast<float>(d0 + l), 1.f);
+        const Vec real = align_corners ? vscale * dst : at::vec::fmadd(vscale, dst + half, Vec(-0.5f));
+        const Vec base = at::vec::minimum(real.floor(), last);
+        const Vec t = at::vec::minimum(at::vec::maximum(real - base, zero), one);
+        const Vec omt = one - t;
+        float b[V], w0[V], w1[V], w2[V], w3[V];
+        base.store(b);
+        conv2(t + one).store(w0);
+        conv1(t).store(w1);
+        conv1(omt).store(w2);
+        conv2(omt + one).store(w3);
+        for (int64_t v = 0; v < V; ++v) {
+          const int64_t bi = static_cast<int64_t>(b[v]);
+          int64_t* id = idx + 4 * (l + v);
+          for (int k = 0; k < 4; ++k) id[k] = clamp_index(bi - 1 + k, in);
+          scalar_t* wv = w + 4 * (l + v);
+          wv[0] = w0[v];
+          wv[1] = w1[v];
+          wv[2] = w2[v];
+          wv[3] = w3[v];
+        }
+      }
+    }
+  }
+  for (; l < n; ++l) bicubic_taps<scalar_t>(scale, d0 + l, in, align_corners, idx + 4 * l, w + 4 * l);
+}
+
 // U = M B^T: the grid upsampled along the width only.
 template <typename scalar_t>
 void width_upsample(Job<scalar_t>& job, bool align_corners) {
   using opmath_t = scalar_t;
   job.U.assign(static_cast<size_t>(job.m1 * job.in), scalar_t(0));
   const opmath_t sx = source_scale<opmath_t>(job.m2, job.in, align_corners);
-  for (int64_t j = 0; j < job.in; ++j) {
-    int64_t idx[4];
-    opmath_t w[4];
-    bicubic_taps<opmath_t>(sx, j, job.m2, align_corners, idx, w);
+  int64_t idx[kTapBlock * 4];
+  opmath_t w[kTapBlock * 4];
+  for (int64_t j0 = 0; j0 < job.in; j0 += kTapBlock) {
+    const int64_t n = std::min(kTapBlock, job.in - j0);
+    taps_block<opmath_t>(sx, j0, n, job.m2, align_corners, idx, w);
     for (int64_t r = 0; r < job.m1; ++r) {
       const scalar_t* row = job.mod + r * job.m2;
-      opmath_t acc = row[idx[0]] * w[0];
-      acc += row[idx[1]] * w[1];
-      acc += row[idx[2]] * w[2];
-      acc += row[idx[3]] * w[3];
-      job.U[r * job.in + j] = acc;
+      scalar_t* u = job.U.data() + r * job.in + j0;
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t* id = idx + 4 * l;
+        const opmath_t* wl = w + 4 * l;
+        opmath_t acc = row[id[0]] * wl[0];
+        acc += row[id[1]] * wl[1];
+        acc += row[id[2]] * wl[2];
+        acc += row[id[3]] * wl[3];
+        u[l] = acc;
+      }
     }
   }
 }
@@ -105,10 +159,12 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
   using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t I = job.in;
   const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
+  int64_t taps_idx[kRowsPerBlock * 4];
+  scalar_t taps_w[kRowsPerBlock * 4];
+  taps_block<scalar_t>(sy, i0, i1 - i0, job.m1, align_corners, taps_idx, taps_w);
   for (int64_t i = i0; i < i1; ++i) {
-    int64_t idx[4];
-    scalar_t a[4];
-    bicubic_taps<scalar_t>(sy, i, job.m1, align_corners, idx, a);
+    const int64_t* idx = taps_idx + 4 * (i - i0);
+    const scalar_t* a = taps_w + 4 * (i - i0);
     const scalar_t* u0 = job.U.data() + idx[0] * I;
     const scalar_t* u1 = job.U.data() + idx[1] * I;
     const scalar_t* u2 = job.U.data() + idx[2] * I;
@@ -236,7 +292,7 @@ void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, in
   const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
   int64_t idx[kRowsPerChunk * 4];
   scalar_t a[kRowsPerChunk * 4];
-  for (int64_t i = i0; i < i1; ++i) bicubic_taps<scalar_t>(sy, i, job.m1, align_corners, &idx[(i - i0) * 4], &a[(i - i0) * 4]);
+  taps_block<scalar_t>(sy, i0, rows, job.m1, align_corners, idx, a);
   // Row groups: group q covers rows [start[q], start[q + 1]).
   int64_t start[kRowsPerChunk + 1];
   int64_t groups = 0;
@@ -368,14 +424,19 @@ void backward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners) {
           }
         }
         const scalar_t sx = source_scale<scalar_t>(m2, I, align_corners);
-        for (int64_t j = 0; j < I; ++j) {
-          int64_t idx[4];
-          scalar_t bw[4];
-          bicubic_taps<scalar_t>(sx, j, m2, align_corners, idx, bw);
-          for (int64_t r = 0; r < m1; ++r) {
-            const double v = static_cast<double>(T[r * I + j]);
-            double* row = gm.data() + r * m2;
-            for (int c = 0; c < 4; ++c) row[idx[c]] += static_cast<double>(bw[c]) * v;
+        int64_t idx[kTapBlock * 4];
+        scalar_t bw[kTapBlock * 4];
+        for (int64_t j0 = 0; j0 < I; j0 += kTapBlock) {
+          const int64_t nj = std::min(kTapBlock, I - j0);
+          taps_block<scalar_t>(sx, j0, nj, m2, align_corners, idx, bw);
+          for (int64_t l = 0; l < nj; ++l) {
+            const int64_t* id = idx + 4 * l;
+            const scalar_t* bl = bw + 4 * l;
+            for (int64_t r = 0; r < m1; ++r) {
+              const double v = static_cast<double>(T[r * I + j0 + l]);
+              double* row = gm.data() + r * m2;
+              for (int c = 0; c < 4; ++c) row[id[c]] += static_cast<double>(bl[c]) * v;
+            }
           }
         }
       }
