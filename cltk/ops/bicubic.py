@@ -194,7 +194,7 @@ class _ModulateMulti(torch.autograd.Function):
         weights, mods, outs = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
         if outs:
             torch.ops.cltk.bicubic_modulate_multi_out_(
-                weights, mods, align_corners, [o if o.dim() == 2 else o.view(w.shape) for o, w in zip(outs, weights)]
+                weights, mods, align_corners, [o if o.dim() == 2 else o.flatten(1) for o in outs]
             )
             ctx.mark_dirty(*outs)
             res = outs
@@ -212,7 +212,7 @@ class _ModulateMulti(torch.autograd.Function):
         need_w = any(ctx.needs_input_grad[2 : 2 + n])
         need_m = any(ctx.needs_input_grad[2 + n : 2 + 2 * n])
         gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(
-            [g if g.dim() == 2 else g.reshape(w.shape) for g, w in zip(grads, weights)], weights, mods,
+            [g if g.dim() == 2 else g.flatten(1) for g in grads], weights, mods,
             ctx.align_corners, need_w, need_m
         )
         gws = [g if need else None for g, need in zip(gws, ctx.needs_input_grad[2 : 2 + n])] if need_w else [None] * n
@@ -270,7 +270,7 @@ def bicubic_modulate_multi(
     n = len(weights)
     if n == 0:
         return []
-    w2s = [w if w.dim() == 2 else w.reshape(size) for w, size in zip(weights, sizes)]
+    w2s = [w if w.dim() == 2 else w.flatten(1) for w in weights]  # as_2d_weight; flatten parses faster
     # One group per (device, dtype, identity-size grid); the usual backbone is a single group, taken without the
     # index bookkeeping. Identity-size grids go to the reference path (see _is_identity).
     keys = [(w.device, w.dtype, tuple(m.shape) == size) for w, m, size in zip(w2s, mods, sizes)]
@@ -294,7 +294,7 @@ def bicubic_modulate_multi(
             else:
                 res = [out[k] for k in idx]
                 torch.ops.cltk.bicubic_modulate_multi_out_(
-                    gw, gm, bool(align_corners), [o if o.dim() == 2 else o.view(w.shape) for o, w in zip(res, gw)]
+                    gw, gm, bool(align_corners), [o if o.dim() == 2 else o.flatten(1) for o in res]
                 )
         else:
             outs = [out[k].detach() for k in idx] if out is not None else []
