@@ -11,7 +11,9 @@
 // deterministic two-level reduction without atomics: rows are cut into fixed chunks (independent of the thread
 // count); chunk c accumulates T_c = A_c^T (G * W)_c over the few rows of M its rows touch, then the partials
 // are summed in chunk order and multiplied by B. Minimum traffic: read G and W (+ write grad_W):
-// 2 (3) * sizeof(T) bytes per element.
+// 2 (3) * sizeof(T) bytes per element. Consecutive rows with equal taps are accumulated up to four at a time
+// (one read-modify-write of each partial row per group); large forwards into out= buffers use streaming stores.
+// Where the time goes, with measurements: docs/bicubic_kernels.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -36,8 +38,9 @@ using namespace cltk_bicubic;
 constexpr int64_t kRowsPerChunk = 256;   // backward row chunk: fixed, so the sum order never depends on threads
 constexpr int64_t kRowsPerBlock = 16;    // forward work item
 // Backward column tile: four partial rows of it (128 KiB in fp32) stay in L2, and each of the eight input
-// streams of a row group reads 32 KiB in a row, long enough for the hardware prefetcher (1024 columns, one
-// 4 KiB page per row, left it restarting on every page: 10.6 ms against 9.2 ms at 4096^2).
+// streams of a row group reads 32 KiB in a row, long enough for the hardware prefetcher. With 1024 columns each
+// row segment was one 4 KiB page and the prefetcher restarted on every page (standalone 4096^2 fp32 backward:
+// 10.6 ms row by row with 1024 columns, 9.2 ms in groups of four rows with 4096, 8.4 ms for a plain read of G, W).
 constexpr int64_t kColTile = 8192;
 // A forward into caller-provided buffers (the out= variants) whose outputs total at least this many bytes (4x a
 // core's L2) writes them with non-temporal (streaming) stores: they skip the read-for-ownership of every output line
