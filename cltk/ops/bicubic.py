@@ -47,40 +47,52 @@ def bicubic_interp_matrix(
     return F.interpolate(eye[None, None], size=(n_out, n_in), mode="bicubic", align_corners=align_corners)[0, 0]
 
 
-def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: str = "mod") -> None:
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: str = "mod") -> tuple[int, int]:
+    """Validates one (weight, mod) pair and returns the weight's 2-D (out, fan_in) size. Each attribute is read
+    once: the multi-tensor wrapper runs this for every weight of a backbone on every step."""
     if not isinstance(weight, Tensor):
         raise TypeError(f"{op}: {wname} must be a Tensor, got {type(weight).__name__}")
     if not isinstance(mod, Tensor):
         raise TypeError(f"{op}: {mname} must be a Tensor, got {type(mod).__name__}")
-    if weight.dim() not in (2, 4):
+    wshape, mshape = weight.shape, mod.shape
+    wdim = len(wshape)
+    if wdim != 2 and wdim != 4:
         raise ValueError(
-            f"{op}: {wname} must be 2-D (out, in) or 4-D (out, in, kh, kw), got shape {list(weight.shape)}"
+            f"{op}: {wname} must be 2-D (out, in) or 4-D (out, in, kh, kw), got shape {list(wshape)}"
         )
-    if mod.dim() != 2:
-        raise ValueError(f"{op}: {mname} must be 2-D (m1, m2), got shape {list(mod.shape)}")
-    if weight.device != mod.device:
+    if len(mshape) != 2:
+        raise ValueError(f"{op}: {mname} must be 2-D (m1, m2), got shape {list(mshape)}")
+    wdev, mdev = weight.device, mod.device
+    if wdev != mdev:
         raise ValueError(
-            f"{op}: {wname} and {mname} must be on the same device, got {weight.device} ({wname} "
-            f"{list(weight.shape)}) and {mod.device} ({mname} {list(mod.shape)})"
+            f"{op}: {wname} and {mname} must be on the same device, got {wdev} ({wname} "
+            f"{list(wshape)}) and {mdev} ({mname} {list(mshape)})"
         )
-    if weight.dtype != mod.dtype:
+    wdt, mdt = weight.dtype, mod.dtype
+    if wdt != mdt:
         raise TypeError(
-            f"{op}: {wname} and {mname} must have the same dtype, got {weight.dtype} ({wname} "
-            f"{list(weight.shape)}) and {mod.dtype} ({mname} {list(mod.shape)})"
+            f"{op}: {wname} and {mname} must have the same dtype, got {wdt} ({wname} "
+            f"{list(wshape)}) and {mdt} ({mname} {list(mshape)})"
         )
-    if weight.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: {wname} must be float32 or float64, got {weight.dtype}")
-    if mod.shape[0] < 1 or mod.shape[1] < 1:
-        raise ValueError(f"{op}: {mname} must have at least one row and one column, got shape {list(mod.shape)}")
-    w2 = tuple(weight.shape)
-    if weight.dim() == 4:
-        w2 = (weight.shape[0], weight.shape[1] * weight.shape[2] * weight.shape[3])
-    if w2[0] * w2[1] != 0 and (mod.shape[0] > w2[0] or mod.shape[1] > w2[1]):
-        shown = f"{list(weight.shape)}" + (f" (modulated as {list(w2)})" if weight.dim() == 4 else "")
+    if wdt not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {wname} must be float32 or float64, got {wdt}")
+    m1, m2 = mshape
+    if m1 < 1 or m2 < 1:
+        raise ValueError(f"{op}: {mname} must have at least one row and one column, got shape {list(mshape)}")
+    if wdim == 4:
+        w2 = (wshape[0], wshape[1] * wshape[2] * wshape[3])
+    else:
+        w2 = (wshape[0], wshape[1])
+    if w2[0] * w2[1] != 0 and (m1 > w2[0] or m2 > w2[1]):
+        shown = f"{list(wshape)}" + (f" (modulated as {list(w2)})" if wdim == 4 else "")
         raise ValueError(
             f"{op}: {mname} must not be larger than {wname} in either dimension, got {mname} "
-            f"{list(mod.shape)} for {wname} {shown}"
+            f"{list(mshape)} for {wname} {shown}"
         )
+    return w2
 
 
 def _check_out(op: str, out: Tensor, weight: Tensor, name: str = "out") -> None:
@@ -123,15 +135,15 @@ def bicubic_modulate_multi_ref(
     return [bicubic_modulate_ref(w, m, align_corners, out=o) for w, m, o in zip(weights, mods, outs)]
 
 
-def _check_lists(op: str, weights, mods, out) -> None:
+def _check_lists(op: str, weights, mods, out) -> list[tuple[int, int]]:
+    """Validates the lists of the multi-tensor op; returns each weight's 2-D (out, fan_in) size."""
     if not isinstance(weights, (list, tuple)) or not isinstance(mods, (list, tuple)):
         raise TypeError(
             f"{op}: weights and mods must be lists of tensors, got {type(weights).__name__} and {type(mods).__name__}"
         )
     if len(weights) != len(mods):
         raise ValueError(f"{op}: weights and mods must have the same length, got {len(weights)} and {len(mods)}")
-    for k, (w, m) in enumerate(zip(weights, mods)):
-        _check(op, w, m, f"weights[{k}]", f"mods[{k}]")
+    sizes = [_check(op, w, m, f"weights[{k}]", f"mods[{k}]") for k, (w, m) in enumerate(zip(weights, mods))]
     if out is not None:
         if not isinstance(out, (list, tuple)) or len(out) != len(weights):
             raise ValueError(
@@ -140,6 +152,7 @@ def _check_lists(op: str, weights, mods, out) -> None:
             )
         for k, (o, w) in enumerate(zip(out, weights)):
             _check_out(op, o, w, f"out[{k}]")
+    return sizes
 
 
 class _Modulate(torch.autograd.Function):
@@ -181,7 +194,7 @@ class _ModulateMulti(torch.autograd.Function):
         weights, mods, outs = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
         if outs:
             torch.ops.cltk.bicubic_modulate_multi_out_(
-                weights, mods, align_corners, [o.view(w.shape) for o, w in zip(outs, weights)]
+                weights, mods, align_corners, [o if o.dim() == 2 else o.flatten(1) for o in outs]
             )
             ctx.mark_dirty(*outs)
             res = outs
@@ -199,10 +212,11 @@ class _ModulateMulti(torch.autograd.Function):
         need_w = any(ctx.needs_input_grad[2 : 2 + n])
         need_m = any(ctx.needs_input_grad[2 + n : 2 + 2 * n])
         gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(
-            [g.reshape(w.shape) for g, w in zip(grads, weights)], weights, mods, ctx.align_corners, need_w, need_m
+            [g if g.dim() == 2 else g.flatten(1) for g in grads], weights, mods,
+            ctx.align_corners, need_w, need_m
         )
-        gws = [g if need else None for g, need in zip(gws, ctx.needs_input_grad[2 : 2 + n])]
-        gms = [g if need else None for g, need in zip(gms, ctx.needs_input_grad[2 + n : 2 + 2 * n])]
+        gws = [g if need else None for g, need in zip(gws, ctx.needs_input_grad[2 : 2 + n])] if need_w else [None] * n
+        gms = [g if need else None for g, need in zip(gms, ctx.needs_input_grad[2 + n : 2 + 2 * n])] if need_m else [None] * n
         return (None, None, *gws, *gms, *([None] * (n if ctx.with_out else 0)))
 
 
@@ -252,14 +266,22 @@ def bicubic_modulate_multi(
     ``weights[k]`` and ``mods[k]`` follow the rules of :func:`bicubic_modulate`; ``out``, when given, is a list of
     persistent buffers, one per weight, written in place and returned. The backward is one native call per group too.
     """
-    _check_lists("bicubic_modulate_multi", weights, mods, out)
-    if len(weights) == 0:
+    sizes = _check_lists("bicubic_modulate_multi", weights, mods, out)
+    n = len(weights)
+    if n == 0:
         return []
-    w2s = [as_2d_weight(w) for w in weights]
-    groups: dict[tuple, list[int]] = {}
-    for k, w in enumerate(w2s):  # identity-size grids go to the reference path (see _is_identity)
-        groups.setdefault((w.device, w.dtype, _is_identity(w, mods[k])), []).append(k)
-    result: list[Optional[Tensor]] = [None] * len(weights)
+    w2s = [w if w.dim() == 2 else w.flatten(1) for w in weights]  # as_2d_weight; flatten parses faster
+    # One group per (device, dtype, identity-size grid); the usual backbone is a single group, taken without the
+    # index bookkeeping. Identity-size grids go to the reference path (see _is_identity).
+    keys = [(w.device, w.dtype, tuple(m.shape) == size) for w, m, size in zip(w2s, mods, sizes)]
+    k0 = keys[0]
+    if all(key == k0 for key in keys):
+        groups = {k0: range(n)}
+    else:
+        groups = {}
+        for k, key in enumerate(keys):
+            groups.setdefault(key, []).append(k)
+    result: list[Optional[Tensor]] = [None] * n
     for (_, _, identity), idx in groups.items():
         gw = [w2s[k] for k in idx]
         gm = [mods[k] for k in idx]
@@ -271,12 +293,14 @@ def bicubic_modulate_multi(
                 res = torch.ops.cltk.bicubic_modulate_multi(gw, gm, bool(align_corners))
             else:
                 res = [out[k] for k in idx]
-                torch.ops.cltk.bicubic_modulate_multi_out_(gw, gm, bool(align_corners), [o.view(w.shape) for o, w in zip(res, gw)])
+                torch.ops.cltk.bicubic_modulate_multi_out_(
+                    gw, gm, bool(align_corners), [o if o.dim() == 2 else o.flatten(1) for o in res]
+                )
         else:
             outs = [out[k].detach() for k in idx] if out is not None else []
             res = _ModulateMulti.apply(bool(align_corners), len(idx), *gw, *gm, *outs)
         for k, r in zip(idx, res):
-            result[k] = r.view(weights[k].shape) if out is None else r
+            result[k] = r if out is not None or r.dim() == weights[k].dim() else r.view(weights[k].shape)
     return result  # type: ignore[return-value]
 
 
