@@ -190,10 +190,16 @@ def _mean_c(t: Tensor) -> Tensor:
     return t.detach().mean(dim=(0, 2, 3))
 
 
-def student_forward(p: dict[str, Tensor], x: Tensor, record: Optional[dict] = None) -> tuple[Tensor, Tensor]:
+def student_forward(p: dict[str, Tensor], x: Tensor, record: Optional[dict] = None,
+                    masks: Optional[Sequence[Tensor]] = None) -> tuple[Tensor, Tensor]:
     """``(features [B, w2], logits [B, n_classes])`` of images ``x`` [B, 1, 14, 14]. With ``record`` (a dict),
-    ``record[layer] = (pre [C_in], post [C_out])``: detached channel means of each meta layer's input and output."""
+    ``record[layer] = (pre [C_in], post [C_out])``: detached channel means of each meta layer's input and output.
+    ``masks``: four per-channel multipliers of the blocks' outputs (HAT's unit masks)."""
     groups = int(p["_groups"])
+    m = [None] * 4 if masks is None else [mk[None, :, None, None] for mk in masks]
+
+    def mask(h, k):
+        return h if m[k] is None else h * m[k]
 
     def layer(h, cname, nname, stride):
         z = F.conv2d(h, p[f"{cname}.w"], stride=stride, padding=1)
@@ -203,17 +209,18 @@ def student_forward(p: dict[str, Tensor], x: Tensor, record: Optional[dict] = No
             record[nname] = (_mean_c(z), _mean_c(n))
         return n
 
-    h1 = F.relu(layer(x, "c1", "n1", 1))
-    h2 = F.relu(layer(h1, "c2", "n2", 2))
-    h3 = F.relu(h2 + layer(h2, "c3", "n3", 1))
-    h4 = F.relu(layer(h3, "c4", "n4", 2))
+    h1 = mask(F.relu(layer(x, "c1", "n1", 1)), 0)
+    h2 = mask(F.relu(layer(h1, "c2", "n2", 2)), 1)
+    h3 = mask(F.relu(h2 + layer(h2, "c3", "n3", 1)), 2)
+    h4 = mask(F.relu(layer(h3, "c4", "n4", 2)), 3)
     feats = h4.mean(dim=(2, 3))
     return feats, feats @ p["head.w"].T + p["head.b"]
 
 
 @torch.no_grad()
-def student_features(p: dict[str, Tensor], x: Tensor, batch: int = 1000) -> Tensor:
-    return torch.cat([student_forward(p, x[i:i + batch])[0] for i in range(0, len(x), batch)])
+def student_features(p: dict[str, Tensor], x: Tensor, batch: int = 1000,
+                     masks: Optional[Sequence[Tensor]] = None) -> Tensor:
+    return torch.cat([student_forward(p, x[i:i + batch], masks=masks)[0] for i in range(0, len(x), batch)])
 
 
 def _params(p: dict[str, Tensor]) -> list[str]:
@@ -225,10 +232,12 @@ def clone_params(p: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def pretrain(p: dict[str, Tensor], x: Tensor, y: Tensor, steps: int, lr: float = 0.05, momentum: float = 0.9,
-             batch_size: int = 64, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
-    """Train the student on (x, y) with SGD + momentum (the Task-A checkpoint); returns new parameters."""
+             batch_size: int = 64, generator: Optional[torch.Generator] = None,
+             trainable: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+    """Train the student on (x, y) with SGD + momentum (the Task-A checkpoint); returns new parameters.
+    ``trainable``: the parameter names that learn (default all)."""
     p = clone_params(p)
-    names = _params(p)
+    names = list(trainable) if trainable is not None else _params(p)
     for n in names:
         p[n].requires_grad_()
     opt = torch.optim.SGD([p[n] for n in names], lr=lr, momentum=momentum)
@@ -256,11 +265,13 @@ def _grads(p: dict[str, Tensor], x: Tensor, y: Tensor, extra: Optional[Callable]
     return dict(zip(names, g)), rec, loss.detach()
 
 
-def sgd_step(p: dict[str, Tensor], x: Tensor, y: Tensor, lr: float, extra: Optional[Callable] = None
-             ) -> dict[str, Tensor]:
-    """One plain SGD step (teacher and baselines); ``extra(params, logits)`` adds a penalty to the loss."""
+def sgd_step(p: dict[str, Tensor], x: Tensor, y: Tensor, lr: float, extra: Optional[Callable] = None,
+             trainable: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+    """One plain SGD step (teacher and baselines); ``extra(params, logits)`` adds a penalty to the loss;
+    ``trainable``: the parameter names that learn (default all)."""
     g, _, _ = _grads(p, x, y, extra)
-    return {k: (v.detach() - lr * g[k] if k in g else v) for k, v in p.items()}
+    keep = set(g) if trainable is None else set(trainable)
+    return {k: (v.detach() - lr * g[k] if k in keep else v) for k, v in p.items()}
 
 
 # ---------------------------------------------------------------------------------------------- meta-learner
@@ -473,20 +484,22 @@ def meta_train(learner: L2RMetaLearner, sample_episode: Callable[[torch.Generato
 
 @torch.no_grad()
 def meta_test(update: Callable[[dict, Tensor, Tensor, int], dict], checkpoint: dict, stages: list[Stage],
-              evals: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], every: int, batch_size: int, seed: int
-              ) -> dict[str, list[float]]:
+              evals: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]], every: int, batch_size: int, seed: int,
+              features: Optional[Callable[[dict, Tensor, str], Tensor]] = None) -> dict[str, list[float]]:
     """Learn the stages from ``checkpoint`` with ``update(params, x, y, step) -> params`` (the meta-learner alone,
     or a baseline); every ``every`` steps (and at 0) record the readout accuracy of each ``evals`` task
-    ``name: (train_x, train_y, test_x, test_y)``. Returns ``{"step": [...], name: [...]}``."""
+    ``name: (train_x, train_y, test_x, test_y)``; ``features(params, x, task)`` (default: the penultimate
+    features) gives the readout's inputs. Returns ``{"step": [...], name: [...]}``."""
     from cltk.metrics import readout_accuracy
     gen = torch.Generator().manual_seed(seed)
     p = clone_params(checkpoint)
     curves: dict[str, list[float]] = {"step": []}
+    feats = features or (lambda q, x, task: student_features(q, x))
 
     def record(step):
         curves["step"].append(step)
         for name, (trx, try_, tex, tey) in evals.items():
-            acc = readout_accuracy(student_features(p, trx), try_, student_features(p, tex), tey)
+            acc = readout_accuracy(feats(p, trx, name), try_, feats(p, tex, name), tey)
             curves.setdefault(name, []).append(acc)
 
     record(0)

@@ -20,7 +20,10 @@ three-tasks         Fashion 0-3                  B1 = 4-6 then B2 = 7-9, first h
 
 Update rules under the same protocol (same A checkpoint, same B batches, same steps; all plain SGD at ``lr``
 unless said): ``l2r`` (the meta-learner alone), ``sgd``, ``sgd x0.1``, ``ewc``, ``lwf`` and the multi-task
-``teacher`` (SGD on A ∪ B, the upper reference); see the ``*_update`` functions' docstrings.
+``teacher`` (SGD on A ∪ B, the upper reference), and three with their own starting point: ``hat`` (A learned
+with HAT's masks), ``rep`` (the student trained on A and the meta-training B data, then only its head learns) and
+``oml`` (representation meta-learned with OML on the same data, PLN and head trained on A, then on B); see the
+``*_update`` / ``*_checkpoint`` functions' docstrings.
 """
 from __future__ import annotations
 
@@ -29,18 +32,19 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from cltk.meta.l2r import (Episode, L2RConfig, L2RMetaLearner, Stage, _grads, clone_params, layer_shapes,
                            meta_learner_update, meta_test, meta_train, pretrain, save_l2r_checkpoint, sgd_step,
                            student_init)
 
 __all__ = ["EXPERIMENTS", "Settings", "ImagePool", "run_experiment", "sgd_update", "ewc_update", "lwf_update",
-           "teacher_update", "ewc_fisher"]
+           "teacher_update", "ewc_fisher",
+           "hat_checkpoint", "hat_update", "rep_checkpoint", "oml_checkpoint"]
 
 EXPERIMENTS = ("two-tasks", "unseen-classes", "unseen-init", "unseen-domain", "three-tasks")
 SIZE = 14
@@ -62,11 +66,12 @@ class Settings:
     ewc_samples: int = 200
     lwf_lambda: float = 1.0
     lwf_temperature: float = 2.0
+    oml_meta_steps: int = 300
 
     @classmethod
     def quick(cls) -> "Settings":
         return cls(pretrain_steps=60, test_steps=40, every=20, readout_train=60, readout_test=60, meta_steps=6,
-                   ewc_samples=20)
+                   ewc_samples=20, oml_meta_steps=3)
 
 
 class ImagePool:
@@ -176,6 +181,151 @@ def teacher_update(lr: float, stages: list[Stage], batch_size: int, seed: int) -
     return step
 
 
+# HAT: the student's four blocks are masked per channel; conv weight [j, i] connects block-input channel i to
+# block-output channel j (the first conv's input is the image, never masked).
+_HAT_LAYERS = {"c1.w": (0, None), "n1.g": (0, None), "n1.b": (0, None), "c2.w": (1, 0), "n2.g": (1, None),
+               "n2.b": (1, None), "c3.w": (2, 1), "n3.g": (2, None), "n3.b": (2, None), "c4.w": (3, 2),
+               "n4.g": (3, None), "n4.b": (3, None)}
+
+
+def _hat_widths(p: dict) -> list[int]:
+    return [p["n1.g"].numel(), p["n2.g"].numel(), p["n3.g"].numel(), p["n4.g"].numel()]
+
+
+def _hat_s(t: int, smax: float, cycle: int) -> float:
+    b = t % cycle
+    return 1.0 / smax + (smax - 1.0 / smax) * b / max(1, cycle - 1)
+
+
+def _hat_train_step(p: dict, emb: list[Tensor], x: Tensor, y: Tensor, lr: float, s: float, smax: float, c: float,
+                    prev: Optional[list[Tensor]]) -> tuple[dict, list[Tensor]]:
+    """One HAT step (Serra et al. 2018): masks ``sigmoid(s e)``, the attention regulariser, gradients of weights
+    used by the previous task's masks ``prev`` zeroed by ``1 - min(a_out, a_in)``, embedding-gradient compensation,
+    embeddings clamped to +-6."""
+    from cltk.meta.l2r import student_forward
+    d = {k: (v.detach().requires_grad_() if not k.startswith("_") else v) for k, v in p.items()}
+    e = [t.detach().requires_grad_() for t in emb]
+    masks = [torch.sigmoid(s * t) for t in e]
+    loss = F.cross_entropy(student_forward(d, x, masks=masks)[1], y)
+    if prev is None:
+        reg = sum(m.sum() for m in masks) / sum(m.numel() for m in masks)
+    else:
+        free = [1 - a for a in prev]
+        reg = sum((m * f).sum() for m, f in zip(masks, free)) / sum(f.sum() for f in free).clamp_min(1.0)
+    loss = loss + c * reg
+    names = [k for k in d if not k.startswith("_")]
+    grads = torch.autograd.grad(loss, [d[k] for k in names] + e)
+    new = dict(p)
+    for k, g in zip(names, grads[:len(names)]):
+        if prev is not None and k in _HAT_LAYERS:
+            o, i = _HAT_LAYERS[k]
+            used = prev[o]
+            if i is not None:
+                used = torch.minimum(used[:, None], prev[i][None, :])
+            g = g * (1 - used).reshape(used.shape + (1,) * (g.dim() - used.dim()))
+        new[k] = p[k].detach() - lr * g
+    new_e = []
+    for t, g in zip(e, grads[len(names):]):
+        comp = smax / s * (torch.cosh((s * t.detach()).clamp(-50, 50)) + 1) / (torch.cosh(t.detach()) + 1)
+        new_e.append((t.detach() - lr * g * comp).clamp(-6, 6))
+    return new, new_e
+
+
+def hat_checkpoint(p0: dict, x: Tensor, y: Tensor, steps: int, lr: float, seed: int, smax: float = 400.0,
+                   c: float = 0.75, cycle: int = 50) -> tuple[dict, list[Tensor]]:
+    """HAT's own Task-A checkpoint (HAT must learn A with its masks; plain SGD here, the other rules' checkpoint
+    uses momentum) and A's binary masks ``sigmoid(smax e_A)``."""
+    g = torch.Generator().manual_seed(seed)
+    emb = [torch.randn(w, generator=g) for w in _hat_widths(p0)]
+    p = clone_params(p0)
+    for t in range(steps):
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        p, emb = _hat_train_step(p, emb, x[idx], y[idx], lr, _hat_s(t, smax, cycle), smax, c, None)
+    return p, [torch.sigmoid(smax * e) for e in emb]
+
+
+def hat_update(lr: float, masks_a: list[Tensor], seed: int, smax: float = 400.0, c: float = 0.75,
+               cycle: int = 50) -> tuple[Callable, Callable]:
+    """HAT (Serra et al. 2018) on B from its A checkpoint: new task embeddings, weights used by A frozen through
+    A's masks; ``smax`` 400 and ``c`` 0.75 are the paper's. The shared head is not protected (HAT's multi-head
+    setting would not need it). Returns ``(update, features)``: A's readout uses A's masks, B's uses B's (HAT
+    is task-aware). GroupNorm mixes the channels of a group, so A's units are not exactly frozen here."""
+    from cltk.meta.l2r import student_features
+    g = torch.Generator().manual_seed(seed + 11)
+    box = {"emb": [torch.randn(m.numel(), generator=g) for m in masks_a]}
+
+    def update(p, x, y, t):
+        p, box["emb"] = _hat_train_step(p, box["emb"], x, y, lr, _hat_s(t, smax, cycle), smax, c, masks_a)
+        return p
+
+    def features(p, x, task):
+        masks = masks_a if task == "A" else [torch.sigmoid(smax * e) for e in box["emb"]]
+        return student_features(p, x, masks=masks)
+    return update, features
+
+
+_PLN = ("c4.w", "n4.g", "n4.b", "head.w", "head.b")
+
+
+def rep_checkpoint(p0: dict, x: Tensor, y: Tensor, steps: int, seed: int) -> dict:
+    """Rep: the student trained jointly on the meta-training data (A and the meta-training B tasks)."""
+    g = torch.Generator().manual_seed(seed)
+    return pretrain(p0, x, y, steps, generator=g)
+
+
+class _Part(nn.Module):
+    """Some of the student's parameters as an nn.Module (for cltk.meta.oml's functional inner loop)."""
+
+    def __init__(self, p: dict, names: Sequence[str], fn: Callable) -> None:
+        super().__init__()
+        self.names, self.fn, self.groups = list(names), fn, p["_groups"]
+        for n in self.names:
+            self.register_parameter(n.replace(".", "_"), nn.Parameter(p[n].detach().clone()))
+
+    def params(self) -> dict:
+        return {**{n: getattr(self, n.replace(".", "_")) for n in self.names}, "_groups": self.groups}
+
+    def forward(self, x):
+        return self.fn(self.params(), x)
+
+
+def _rln_forward(p, x):
+    groups = int(p["_groups"])
+
+    def layer(h, c, n, stride):
+        return F.group_norm(F.conv2d(h, p[f"{c}.w"], stride=stride, padding=1), groups, p[f"{n}.g"], p[f"{n}.b"])
+    h1 = F.relu(layer(x, "c1", "n1", 1))
+    h2 = F.relu(layer(h1, "c2", "n2", 2))
+    return F.relu(h2 + layer(h2, "c3", "n3", 1))
+
+
+def _pln_forward(p, h):
+    z = F.conv2d(h, p["c4.w"], stride=2, padding=1)
+    return F.relu(F.group_norm(z, int(p["_groups"]), p["n4.g"], p["n4.b"])).mean(dim=(2, 3))
+
+
+def oml_checkpoint(p0: dict, meta_x: Tensor, meta_y: Tensor, a_x: Tensor, a_y: Tensor, meta_steps: int,
+                   pretrain_steps: int, seed: int) -> dict:
+    """OML (Javed & White 2019) with :class:`cltk.meta.oml.MetaLearner`: the RLN (c1..n3) and the PLN's
+    initialisation (c4, n4) are meta-learned on the meta-training data (online inner loop on the PLN, second
+    order, the mrcl Omniglot settings: 3-way, 5 + 5 images, remember 15, inner lr 0.03, meta lr 1e-3 Adam); then
+    the PLN and head learn A with the RLN frozen. The B rule trains the PLN and head only."""
+    from cltk.meta.oml import MetaLearner
+    classes, y = torch.unique(meta_y, return_inverse=True)
+    rln = _Part(p0, ["c1.w", "n1.g", "n1.b", "c2.w", "n2.g", "n2.b", "c3.w", "n3.g", "n3.b"], _rln_forward)
+    pln_body = _Part(p0, ["c4.w", "n4.g", "n4.b"], _pln_forward)
+    out = nn.Linear(p0["head.w"].shape[1], len(classes))
+    ml = MetaLearner(rln, nn.Sequential(pln_body), out, meta_x, y, mode="online", n_way=3, support_per_class=5,
+                     query_per_class=5, remember=15, inner_lr=0.03, inner_steps=1, meta_lr=1e-3,
+                     first_order=False, seed=seed)
+    for _ in range(meta_steps):
+        ml.step()
+    p = dict(p0)
+    p.update({k: v.detach().clone() for k, v in {**rln.params(), **pln_body.params()}.items()})
+    g = torch.Generator().manual_seed(seed)
+    return pretrain(p, a_x, a_y, pretrain_steps, generator=g, trainable=_PLN)
+
+
 # ------------------------------------------------------------------------------------------------ experiments
 
 @dataclass
@@ -186,6 +336,8 @@ class _Plan:
     evals: dict
     a_classes: list[int]
     a_train: tuple[Tensor, Tensor]
+    meta_data: tuple[Tensor, Tensor]      # A and the meta-training B tasks (Rep and OML learn from it)
+    init_seed: int                        # the student_init seed of the test checkpoint
 
 
 def _evals(pool: ImagePool, tasks: dict[str, list[int]], s: Settings, half: Optional[int]) -> dict:
@@ -231,10 +383,12 @@ def _plan(experiment: str, s: Settings, cfg: L2RConfig, seed: int, test_dataset:
                                  f"has {fm.num_classes} (a 10-class data set is needed)")
             test_ckpt = _ckpt(tp, TA, s, seed * 100 + 50)
             stages = [Stage(*tb, *_cat(ta, tb), s.test_steps)]
-            return _Plan(sample, test_ckpt, stages, _evals(tp, {"A": TA, "B": TB}, s, None), TA, ta)
+            return _Plan(sample, test_ckpt, stages, _evals(tp, {"A": TA, "B": TB}, s, None), TA, ta,
+                         _cat(a, b0), seed * 100 + 50)
         b1 = fm.task(B, half=1)
         stages = [Stage(*b1, *_cat(a, b1), s.test_steps)]
-        return _Plan(sample, test_ckpt, stages, _evals(fm, {"A": A, "B": B}, s, 1), A, a)
+        return _Plan(sample, test_ckpt, stages, _evals(fm, {"A": A, "B": B}, s, 1), A, a, _cat(a, b0),
+                     seed * 100 + (50 if experiment == "unseen-init" else 0))
     if experiment == "unseen-classes":
         A, pool_cls, TB = [0, 1, 2, 3], [4, 5, 6], [7, 8, 9]
         a = fm.task(A)
@@ -251,7 +405,7 @@ def _plan(experiment: str, s: Settings, cfg: L2RConfig, seed: int, test_dataset:
 
         tb = fm.task(TB)
         return _Plan(sample, ckpt, [Stage(*tb, *_cat(a, tb), s.test_steps)],
-                     _evals(fm, {"A": A, "B": TB}, s, None), A, a)
+                     _evals(fm, {"A": A, "B": TB}, s, None), A, a, _cat(a, fm.task(pool_cls)), seed * 100)
     if experiment == "three-tasks":
         A, B1, B2 = [0, 1, 2, 3], [4, 5, 6], [7, 8, 9]
         a = fm.task(A)
@@ -264,7 +418,8 @@ def _plan(experiment: str, s: Settings, cfg: L2RConfig, seed: int, test_dataset:
 
         train_stages = stages_for(0, n)
         return _Plan(lambda gen: Episode(ckpt, train_stages), ckpt, stages_for(1, s.test_steps),
-                     _evals(fm, {"A": A, "B1": B1, "B2": B2}, s, 1), A, a)
+                     _evals(fm, {"A": A, "B1": B1, "B2": B2}, s, 1), A, a,
+                     _cat(a, fm.task(B1, half=0), fm.task(B2, half=0)), seed * 100)
     raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {experiment!r}")
 
 
@@ -306,10 +461,25 @@ def run_experiment(experiment: str, *, quick: bool = False, out: Optional[str] =
         "lwf": lwf_update(lr, clone_params(ck), plan.a_classes, s.lwf_lambda, s.lwf_temperature),
         "teacher": teacher_update(lr, plan.test_stages, bs, seed),
     }
+    # Baselines with their own checkpoints: HAT (A learned with masks), Rep and OML (meta-training data).
+    own: dict[str, tuple[dict, Callable, Optional[Callable]]] = {}
+    p0 = student_init(ck["head.w"].shape[0], generator=torch.Generator().manual_seed(plan.init_seed))
+    t1 = time.process_time()
+    hat_ck, masks_a = hat_checkpoint(p0, *plan.a_train, s.pretrain_steps, lr, plan.init_seed)
+    own["hat"] = (hat_ck, *hat_update(lr, masks_a, seed))
+    rep_ck = rep_checkpoint(p0, *plan.meta_data, s.pretrain_steps, plan.init_seed)
+    own["rep"] = (rep_ck, lambda p, x, y, t: sgd_step(p, x, y, lr, trainable=("head.w", "head.b")), None)
+    oml_ck = oml_checkpoint(p0, *plan.meta_data, *plan.a_train, s.oml_meta_steps, s.pretrain_steps, plan.init_seed)
+    own["oml"] = (oml_ck, lambda p, x, y, t: sgd_step(p, x, y, lr, trainable=_PLN), None)
+    say(f"HAT, Rep and OML checkpoints: {time.process_time() - t1:.1f} CPU-s")
     curves = {}
-    for name, rule in rules.items():
+    for name, rule in [*rules.items(), *own.items()]:
         t1 = time.process_time()
-        curves[name] = meta_test(rule, ck, plan.test_stages, plan.evals, s.every, bs, seed)
+        if name in own:
+            start, rule, feats = own[name]
+        else:
+            start, feats = ck, None
+        curves[name] = meta_test(rule, start, plan.test_stages, plan.evals, s.every, bs, seed, feats)
         final = {k: round(v[-1], 4) for k, v in curves[name].items() if k != "step"}
         say(f"{name}: {final} ({time.process_time() - t1:.1f} CPU-s)")
     tasks = [k for k in plan.evals]

@@ -159,7 +159,8 @@ def test_cli_l2r_quick_writes_results(tmp_path):
     assert r.returncode == 0, r.stderr
     import json
     res = json.loads((out / "results.json").read_text())
-    assert {row["method"] for row in res["table"]} == {"l2r", "sgd", "sgd x0.1", "ewc", "lwf", "teacher"}
+    assert {row["method"] for row in res["table"]} == {"l2r", "sgd", "sgd x0.1", "ewc", "lwf", "teacher",
+                                                        "hat", "rep", "oml"}
     assert set(res["curves"]["l2r"]) == {"step", "A", "B1", "B2"}
     for f in ("curves.csv", "curves.png", "gates.png", "meta_learner.pt"):
         assert (out / f).stat().st_size > 0
