@@ -44,7 +44,7 @@ from cltk.meta.l2r import (Episode, L2RConfig, L2RMetaLearner, Stage, _grads, cl
 
 __all__ = ["EXPERIMENTS", "Settings", "ImagePool", "run_experiment", "sgd_update", "ewc_update", "lwf_update",
            "teacher_update", "ewc_fisher",
-           "hat_checkpoint", "hat_update", "rep_checkpoint", "oml_checkpoint"]
+           "hat_checkpoint", "hat_update", "rep_checkpoint", "oml_checkpoint", "write_summary"]
 
 EXPERIMENTS = ("two-tasks", "unseen-classes", "unseen-init", "unseen-domain", "three-tasks")
 SIZE = 14
@@ -549,3 +549,31 @@ def _plot(out: Path, res: dict, gates: dict[str, Tensor]) -> None:
         ax.set_title(f"{res['experiment']}: meta-learner gates")
         ax.legend(fontsize=8)
         save(fig, "gates.png")
+
+
+def write_summary(root: str) -> str:
+    """A markdown table of every ``<root>/<experiment>/results.json``: readout accuracy (%) of each task at step 0
+    and at the last step, and the change; written to ``<root>/summary.md`` (atomically) and returned."""
+    from cltk.checkpoint import atomic_write_text
+    lines = []
+    for exp in EXPERIMENTS:
+        f = Path(root) / exp / "results.json"
+        if not f.is_file():
+            continue
+        r = json.loads(f.read_text())
+        tasks = [k for k in next(iter(r["curves"].values())) if k != "step"]
+        last = next(iter(r["curves"].values()))["step"][-1]
+        lines += [f"### {exp} (seed {r['seed']}, meta-training {r['meta_cpu_s']} CPU-s, "
+                  f"{r['meta_inner_steps']} inner steps)", "",
+                  "| rule | " + " | ".join(f"{t} @0 | {t} @{last} | Δ{t}" for t in tasks) + " |",
+                  "|---|" + "---:|" * (3 * len(tasks))]
+        for m, c in r["curves"].items():
+            cells = []
+            for t in tasks:
+                a0, a1 = 100 * c[t][0], 100 * c[t][-1]
+                cells += [f"{a0:.1f}", f"{a1:.1f}", f"{a1 - a0:+.1f}"]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    text = "\n".join(lines)
+    atomic_write_text(Path(root) / "summary.md", text)
+    return text
