@@ -168,3 +168,33 @@ def test_cli_l2r_quick_writes_results(tmp_path):
                           "--variant", "row", "--out", str(tmp_path / "bad")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("cltk: error:") and "variant" in bad.stderr
+
+
+def test_hat_freezes_the_units_task_a_used(data):
+    from cltk.meta.l2r_experiments import hat_update
+    ck, (x, y) = data["ckpt"], data["b"]
+    widths = [ck["n1.g"].numel(), ck["n2.g"].numel(), ck["n3.g"].numel(), ck["n4.g"].numel()]
+    used = [torch.ones(widths[0]), torch.zeros(widths[1]), torch.ones(widths[2]), torch.zeros(widths[3])]
+    used[3][:5] = 1.0   # c4's rows 0..4 connect A's units to A's units: min(a_out, a_in) = 1, frozen
+    update, features = hat_update(0.05, used, seed=0)
+    p = update(clone_params(ck), x[:32], y[:32], 10)
+    for k in ("c1.w", "n1.g", "n1.b", "c2.w"):   # c2's inputs are all A's units: min(a_out, a_in) = a_out = 0 ...
+        if k == "c2.w":
+            assert not torch.equal(p[k], ck[k])     # ... so c2 is free
+        else:
+            assert torch.equal(p[k], ck[k]), k
+    assert torch.equal(p["n3.g"], ck["n3.g"]) and not torch.equal(p["c3.w"], ck["c3.w"])   # c3's inputs are free
+    assert torch.equal(p["c4.w"][:5], ck["c4.w"][:5]) and not torch.equal(p["c4.w"][5:], ck["c4.w"][5:])
+    assert features(p, x[:8], "A").shape == (8, widths[3])
+
+
+def test_oml_checkpoint_meta_learns_the_body_and_b_trains_the_pln_only(data):
+    from cltk.meta.l2r_experiments import _PLN, oml_checkpoint
+    p0 = student_init(generator=torch.Generator().manual_seed(1))
+    ck = oml_checkpoint(p0, *data["ab"], *data["a"], meta_steps=2, pretrain_steps=5, seed=0)
+    assert not torch.equal(ck["c1.w"], p0["c1.w"])          # meta-learned RLN
+    p = sgd_step(ck, data["b"][0][:32], data["b"][1][:32], 0.05, trainable=_PLN)
+    for k in ck:
+        if k.startswith("_"):
+            continue
+        assert torch.equal(p[k], ck[k]) == (k not in _PLN), k
