@@ -469,6 +469,9 @@ def run_experiment(experiment: str, *, quick: bool = False, out: Optional[str] =
     own["hat"] = (hat_ck, *hat_update(lr, masks_a, seed))
     rep_ck = rep_checkpoint(p0, *plan.meta_data, s.pretrain_steps, plan.init_seed)
     own["rep"] = (rep_ck, lambda p, x, y, t: sgd_step(p, x, y, lr, trainable=("head.w", "head.b")), None)
+    # OML's meta-training output layer (nn.Linear) draws from the global RNG: reseed so that the baseline does not
+    # depend on what ran before it (e.g. the neuron variant's heads).
+    torch.manual_seed(seed)
     oml_ck = oml_checkpoint(p0, *plan.meta_data, *plan.a_train, s.oml_meta_steps, s.pretrain_steps, plan.init_seed)
     own["oml"] = (oml_ck, lambda p, x, y, t: sgd_step(p, x, y, lr, trainable=_PLN), None)
     say(f"HAT, Rep and OML checkpoints: {time.process_time() - t1:.1f} CPU-s")
