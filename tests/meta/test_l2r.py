@@ -198,3 +198,33 @@ def test_oml_checkpoint_meta_learns_the_body_and_b_trains_the_pln_only(data):
         if k.startswith("_"):
             continue
         assert torch.equal(p[k], ck[k]) == (k not in _PLN), k
+
+
+def test_meta_lstm_gate_with_activations_takes_the_l2r_step(data):
+    """cltk.optim.MetaLSTMGate with a 4-feature meta-learner, the activations and normalize=True gives the same
+    step as the learning-to-remember rule, layer by layer."""
+    from cltk.meta.l2r import _grads
+    from cltk.optim import MetaLSTMGate
+    ck, (x, y) = data["ckpt"], data["b"]
+    learner = L2RMetaLearner(layer_shapes(ck), _cfg(hidden=8, seed=2))
+    with torch.no_grad():
+        for lst in learner.lstm.values():
+            lst[4].normal_(0, 0.5)                 # a gate that varies per synapse
+    new, _, _ = gated_step(learner, ck, learner.init_state(), x[:32], y[:32], 0.05)
+    g, rec, _ = _grads(ck, x[:32], y[:32])
+    for layer, names in (("c2", ("c2.w",)), ("n3", ("n3.g", "n3.b"))):
+        params = [torch.nn.Parameter(ck[n].clone()) for n in names]
+        for p, n in zip(params, names):
+            p.grad = g[n].clone()
+        opt = MetaLSTMGate(params, [t.detach() for t in learner.lstm[layer]], lr=0.05, normalize=True)
+        opt.step(activations={p: rec[layer] for p in params})
+        for p, n in zip(params, names):
+            assert not torch.equal(p.detach(), ck[n])
+            torch.testing.assert_close(p.detach(), new[n].detach(), rtol=1e-5, atol=1e-7)
+    p = torch.nn.Parameter(ck["c2.w"].clone())
+    p.grad = g["c2.w"].clone()
+    opt = MetaLSTMGate([p], [t.detach() for t in learner.lstm["c2"]], lr=0.05)
+    with pytest.raises(ValueError, match="activations"):
+        opt.step()
+    with pytest.raises(ValueError, match=r"h_in \[12\], h_out \[24\]"):
+        opt.step(activations={p: (rec["c2"][1], rec["c2"][0])})
