@@ -403,6 +403,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         meta={"command": "compare", "preset": args.preset or "default"})
 
 
+def _cmd_l2r(args: argparse.Namespace) -> int:
+    import torch
+
+    from cltk.meta.l2r_experiments import run_experiment
+    torch.set_num_threads(args.threads or 1)
+    out = args.out or os.path.join("bench", "results", "l2r", args.experiment)
+    _check_out(out)
+    res = run_experiment(args.experiment, quick=args.quick, out=out, seed=args.seed, variant=args.variant,
+                         test_dataset=args.test_dataset, meta_steps=args.meta_steps,
+                         log=None if args.quiet else (lambda m: print(m, flush=True)))
+    for row in res["table"]:
+        print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print(f"meta-training {res['meta_cpu_s']} CPU-s; results in {out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import cltk.benchmark as bench
     return int(bench.main(args) or 0)
@@ -437,7 +453,7 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cltk", description="cltk: continual-learning toolkit for PyTorch")
-    sub = parser.add_subparsers(dest="command", metavar="{list,env,run,compare,bench}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{list,env,run,compare,l2r,bench}", parser_class=_Parser)
     sub.required = True
     p = sub.add_parser("list", help="methods, benchmarks, models and presets")
     p.set_defaults(func=_cmd_list)
@@ -465,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default results/<name>)")
     _common_run_options(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("l2r", help="learning to remember from a multi-task teacher: one experiment")
+    p.add_argument("--experiment", required=True,
+                   choices=["two-tasks", "unseen-classes", "unseen-init", "unseen-domain", "three-tasks"])
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    p.add_argument("--out", default=None, help="results folder (default bench/results/l2r/EXPERIMENT)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", default="synapse", help="synapse (default) or neuron")
+    p.add_argument("--test-dataset", dest="test_dataset", default="mnist5k",
+                   help="unseen-domain: the meta-test data set (any 10-class name cltk.data knows)")
+    p.add_argument("--meta-steps", dest="meta_steps", type=int, default=None, help="meta-updates (default 300)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--quiet", action="store_true", help="print only the table")
+    p.set_defaults(func=_cmd_l2r)
 
     p = sub.add_parser("bench", help="kernel benchmarks (cltk.benchmark)")
     import cltk.benchmark as bench
