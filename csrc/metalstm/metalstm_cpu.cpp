@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -33,6 +34,11 @@ using namespace cltk_metalstm;
 
 constexpr int kNV = 4;  // SIMD vectors of rows per tile
 
+// Inputs wider than this are multiplied in blocks of kKBlock features over all units first (the pre-activations
+// go to tile scratch), so that a block of the transposed input stays in L1 while every unit reads it; otherwise
+// each unit streamed the whole [F][R] input tile (288 KiB at F = 1152) from L2.
+constexpr int64_t kKBlock = 128;
+
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
@@ -44,11 +50,11 @@ constexpr int64_t kR = kNV * Vec<T>::size();
 
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is at::vec's exp_u20
-// (a degree-5 polynomial, about 20 ulp) and the division a 14-bit reciprocal refined by one Newton step: the
-// accurate library exp/tanh and vdivps would cost as much as all the gate FMAs. Relative error of sigmoid
-// stays near 1e-6 (checked against the fp32 reference in tests/ops/test_metalstm.py). fp64 uses exact exp and
-// division.
+// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is a degree-5
+// polynomial (AVX-512: inv_one_plus_exp2 below; AVX2: at::vec's exp_u20, about 20 ulp) and the division a 14-bit
+// reciprocal refined by one Newton step: the accurate library exp/tanh and vdivps would cost as much as all the
+// gate FMAs. Relative error of sigmoid stays near 1e-6 (checked against the fp32 reference in
+// tests/ops/test_metalstm.py). fp64 uses exact exp and division.
 template <typename T>
 inline Vec<T> recip(const Vec<T>& d) {
   return Vec<T>(T(1)) / d;
@@ -59,21 +65,18 @@ inline Vec<T> exp_fast(const Vec<T>& x) {
   return x.exp();
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
-template <>
-inline Vec<float> recip<float>(const Vec<float>& d) {
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
 }
-#elif defined(CPU_CAPABILITY_AVX2)
+
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
 template <>
 inline Vec<float> recip<float>(const Vec<float>& d) {
   const __m256 r = _mm256_rcp_ps(d);
   return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
 }
-#endif
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // exp_u20 clamps its argument to [ln(FLT_MIN), ln(FLT_MAX)], but at the top of that range it returns +inf (it
 // computes 2^128 * e^r with r ~ 0), and 1 + inf made sigmoid's Newton step inf * 0 = NaN: sigmoid(x) for x < -88.4
 // and tanh(x) for x < -44.2 were NaN. Below -80, sigmoid(x) < 2e-35 either way; minimum keeps NaN.
@@ -81,15 +84,7 @@ template <>
 inline Vec<float> exp_fast<float>(const Vec<float>& x) {
   return at::vec::minimum(x, Vec<float>(80.f)).exp_u20();
 }
-#endif
 
-template <typename T>
-inline Vec<T> sigmoid(const Vec<T>& x) {
-  // exp_fast stays finite (see above), so 1 + exp(-x) stays finite for the Newton step of recip.
-  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
-}
-
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 template <>
 inline Vec<float> sigmoid<float>(const Vec<float>& x) {
   const Vec<float> nx = Vec<float>(0.f) - x;
@@ -100,10 +95,50 @@ inline Vec<float> sigmoid<float>(const Vec<float>& x) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// 1 / (1 + 2^(k x)) for 16 floats: sigmoid(x) with k = -log2(e), sigmoid(2x) with k = -2 log2(e). 2^t is
+// 2^n * p(t - n) with n = round(t) and p a degree-5 minimax polynomial of 2^f on [-1/2, 1/2] (relative error
+// 1.8e-7 evaluated in fp32), scaled by vscalefps, which gives +inf on overflow and 0 on underflow without
+// clamping the exponent bits. t is clamped to [-150, 150] first so that x = +-inf gives 2^t = 0 or +inf rather
+// than NaN from inf - inf (min/max take NaN t through: they return their second operand when either is NaN).
+// The division is a 14-bit reciprocal refined by one Newton step. Where 2^t overflows, the reference's
+// 1 / (1 + inf) is exactly 0 (and 0 * Inf in the cell update NaN): the masked multiply gives that 0 (the Newton
+// step alone would give inf * 0 = NaN there); a NaN x stays NaN. 16 instructions against about 26 for at::vec's
+// exp_u20 with its clamps and blends; the activations are a third of the layer's instructions at H = 32.
+inline __m512 inv_one_plus_exp2(__m512 x, float k) {
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(k));
+  t = _mm512_max_ps(_mm512_set1_ps(-150.f), _mm512_min_ps(_mm512_set1_ps(150.f), t));
+  const __m512 nt = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, nt);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.327670878e-03f), f, _mm512_set1_ps(9.671509266e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550692603e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402224243e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470037e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  const __m512 e = _mm512_scalef_ps(p, nt);
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.f));
+  const __m512 r = _mm512_rcp14_ps(d);
+  const __mmask16 finite = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_NEQ_UQ);
+  return _mm512_maskz_mul_ps(finite, r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+}
+
+template <>
+inline Vec<float> sigmoid<float>(const Vec<float>& x) {
+  return inv_one_plus_exp2(x, -1.4426950408889634f);
+}
+#endif
+
 template <typename T>
 inline Vec<T> tanh_fast(const Vec<T>& x) {
   return at::vec::fmsub(Vec<T>(T(2)), sigmoid<T>(x + x), Vec<T>(T(1)));
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> tanh_fast<float>(const Vec<float>& x) {
+  return _mm512_fmsub_ps(_mm512_set1_ps(2.f), inv_one_plus_exp2(x, -2.8853900817779268f), _mm512_set1_ps(1.f));
+}
+#endif
 
 template <typename T>
 struct Net {
@@ -120,15 +155,16 @@ struct Net {
   const T* bias(int64_t l) const { return b + l * 4 * H; }
 };
 
-// a[g][v] += sum_k W[g*H + u, k] * in[k][v-th vector of rows], for the four gates g of unit u.
+// a[g][v] += sum_{k < K} W[g*H + u, k] * in[k][v-th vector of rows], for the four gates g of unit u; W's rows
+// are ld apart.
 template <typename T>
-inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64_t K, int64_t H, int64_t u,
-                             const T* __restrict__ inT) {
+inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64_t ld, int64_t K, int64_t H,
+                             int64_t u, const T* __restrict__ inT) {
   constexpr int64_t V = kV<T>, R = kR<T>;
-  const T* w0 = W + (0 * H + u) * K;
-  const T* w1 = W + (1 * H + u) * K;
-  const T* w2 = W + (2 * H + u) * K;
-  const T* w3 = W + (3 * H + u) * K;
+  const T* w0 = W + (0 * H + u) * ld;
+  const T* w1 = W + (1 * H + u) * ld;
+  const T* w2 = W + (2 * H + u) * ld;
+  const T* w3 = W + (3 * H + u) * ld;
   for (int64_t k = 0; k < K; ++k) {
     const Vec<T> b0(w0[k]), b1(w1[k]), b2(w2[k]), b3(w3[k]);
     const T* xr = inT + k * R;
@@ -144,19 +180,41 @@ inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64
 }
 
 // One layer over a tile: inT [K][R], hT, cT [H][R] -> hnT, cnT [H][R]; optionally the activated gates
-// [4][H][R] and tanh(c_new) [H][R] for the backward.
+// [4][H][R] and tanh(c_new) [H][R] for the backward. pre: [4][H][R] scratch, used when K > kKBlock.
 template <typename T>
 void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const T* cT, T* hnT, T* cnT, T* gates,
-                   T* tcT) {
+                   T* tcT, T* pre) {
   constexpr int64_t V = kV<T>, R = kR<T>;
-  const int64_t H = n.H;
+  const int64_t H = n.H, K = n.kin(l);
   const T* bias = n.bias(l);
+  const T* wi = n.wi(l);
+  const bool blocked = K > kKBlock;
+  if (blocked) {
+    // pre = b + W_ih in, a block of kKBlock input features at a time for all units.
+    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+      const int64_t kb = std::min(kKBlock, K - k0);
+      for (int64_t u = 0; u < H; ++u) {
+        Vec<T> a[4][kNV];
+        for (int g = 0; g < 4; ++g)
+          for (int v = 0; v < kNV; ++v)
+            a[g][v] = k0 == 0 ? Vec<T>(bias[g * H + u]) : Vec<T>::loadu(pre + (g * H + u) * R + v * V);
+        accumulate_gates<T>(a, wi + k0, K, kb, H, u, inT + k0 * R);
+        for (int g = 0; g < 4; ++g)
+          for (int v = 0; v < kNV; ++v) a[g][v].store(pre + (g * H + u) * R + v * V);
+      }
+    }
+  }
   for (int64_t u = 0; u < H; ++u) {
     Vec<T> a[4][kNV];
-    for (int g = 0; g < 4; ++g)
-      for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>(bias[g * H + u]);
-    accumulate_gates<T>(a, n.wi(l), n.kin(l), H, u, inT);
-    accumulate_gates<T>(a, n.wh(l), H, H, u, hT);
+    if (blocked) {
+      for (int g = 0; g < 4; ++g)
+        for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>::loadu(pre + (g * H + u) * R + v * V);
+    } else {
+      for (int g = 0; g < 4; ++g)
+        for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>(bias[g * H + u]);
+      accumulate_gates<T>(a, wi, K, K, H, u, inT);
+    }
+    accumulate_gates<T>(a, n.wh(l), H, H, H, u, hT);
     for (int v = 0; v < kNV; ++v) {
       const int64_t o = u * R + v * V;
       const Vec<T> i = sigmoid<T>(a[0][v]), f = sigmoid<T>(a[1][v]), g = tanh_fast<T>(a[2][v]), og = sigmoid<T>(a[3][v]);
@@ -244,26 +302,57 @@ void soa_to_rows(const T* srcT, int64_t K, int64_t Kp, T* dst) {
   }
 }
 
-// Tile scratch of one thread.
+// A view of part of the per-thread scratch arena.
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  int64_t n = 0;
+  T* data() const { return p; }
+  T* begin() const { return p; }
+  T* end() const { return p + n; }
+  T& operator[](int64_t i) const { return p[i]; }
+};
+
+// Per-thread arena behind Scratch: grown on demand and reused by later calls, never zero-filled (every tile
+// writes each scratch value it reads, padding rows included). Allocating and zeroing a few hundred KiB per call
+// was a large part of a small call (one 64-row tile).
+inline char* scratch_arena(size_t bytes) {
+  struct Arena {
+    char* p = nullptr;
+    size_t n = 0;
+    ~Arena() { std::free(p); }
+  };
+  thread_local Arena a;
+  if (a.n < bytes) {
+    std::free(a.p);
+    a.n = (bytes + 4095) / 4096 * 4096;
+    a.p = static_cast<char*>(std::aligned_alloc(64, a.n));
+    TORCH_CHECK(a.p != nullptr, "meta_lstm: out of memory for ", a.n, " bytes of tile scratch");
+  }
+  return a.p;
+}
+
+// Tile scratch of one thread. pre holds the input part of a layer's gate pre-activations [4][H][R] when the
+// input is wide (see kKBlock).
 template <typename T>
 struct Scratch {
-  std::vector<T> xT, hT, cT, hnT, cnT, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
+  Buf<T> xT, hT, cT, hnT, cnT, pre, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
   Scratch(int64_t F, int64_t H, int64_t L, bool backward) {
     constexpr int64_t R = kR<T>, V = kV<T>;
-    xT.assign(F * R, T(0));
-    hT.assign(L * H * R, T(0));
-    cT.assign(L * H * R, T(0));
-    hnT.assign(L * H * R, T(0));
-    cnT.assign(L * H * R, T(0));
-    tmp.assign(R, T(0));
-    if (backward) {
-      gates.assign(L * 4 * H * R, T(0));
-      tcT.assign(L * H * R, T(0));
-      dh.assign(H * R, T(0));
-      dc.assign(H * R, T(0));
-      dG.assign(4 * H * R, T(0));
-      rowsbuf.assign(R * std::max(round_up(F, V), round_up(H + 1, V)), T(0));
-      din.assign(std::max(F, H) * R, T(0));
+    Buf<T>* bufs[] = {&xT, &hT, &cT, &hnT, &cnT, &pre, &tmp, &gates, &tcT, &dh, &dc, &dG, &rowsbuf, &din};
+    const int64_t sizes[] = {F * R, L * H * R, L * H * R, L * H * R, L * H * R, std::max(F, H) > kKBlock ? 4 * H * R : 0, R,
+                             backward ? L * 4 * H * R : 0, backward ? L * H * R : 0, backward ? H * R : 0,
+                             backward ? H * R : 0, backward ? 4 * H * R : 0,
+                             backward ? R * std::max(round_up(F, V), round_up(H + 1, V)) : 0,
+                             backward ? std::max(F, H) * R : 0};
+    int64_t total = 0;
+    for (int64_t sz : sizes) total += round_up(sz, 64 / int64_t(sizeof(T)));
+    T* base = reinterpret_cast<T*>(scratch_arena(sizeof(T) * total));
+    int64_t off = 0;
+    for (int i = 0; i < 14; ++i) {
+      bufs[i]->p = base + off;
+      bufs[i]->n = sizes[i];
+      off += round_up(sizes[i], 64 / int64_t(sizeof(T)));
     }
   }
 };
@@ -286,7 +375,7 @@ void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep) {
     const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
     layer_forward<T>(n, l, in, s.hT.data() + l * H * R, s.cT.data() + l * H * R, s.hnT.data() + l * H * R,
                      s.cnT.data() + l * H * R, keep ? s.gates.data() + l * 4 * H * R : nullptr,
-                     keep ? s.tcT.data() + l * H * R : nullptr);
+                     keep ? s.tcT.data() + l * H * R : nullptr, s.pre.data());
   }
 }
 
@@ -544,7 +633,7 @@ template <typename T>
 Net<T> make_net(const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
                 const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale, const Dims& d) {
   return Net<T>{w_ih0.const_data_ptr<T>(), w_ih.const_data_ptr<T>(), w_hh.const_data_ptr<T>(), b.const_data_ptr<T>(),
-                w_out.const_data_ptr<T>(), b_out.item<T>(), scale.item<T>(), d.F, d.H, d.L};
+                w_out.const_data_ptr<T>(), *b_out.const_data_ptr<T>(), *scale.const_data_ptr<T>(), d.F, d.H, d.L};
 }
 
 at::Tensor run_forward(const char* op, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
