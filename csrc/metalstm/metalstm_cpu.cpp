@@ -51,7 +51,7 @@ constexpr int64_t kR = kNV * Vec<T>::size();
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
 // sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is a degree-5
-// polynomial (AVX-512: inv_one_plus_exp2 below; AVX2: at::vec's exp_u20, about 20 ulp) and the division a 14-bit
+// polynomial (AVX-512: exp2_avx512 below; AVX2: at::vec's exp_u20, about 20 ulp) and the division a 14-bit
 // reciprocal refined by one Newton step: the accurate library exp/tanh and vdivps would cost as much as all the
 // gate FMAs. Relative error of sigmoid stays near 1e-6 (checked against the fp32 reference in
 // tests/ops/test_metalstm.py). fp64 uses exact exp and division.
@@ -96,35 +96,47 @@ inline Vec<float> sigmoid<float>(const Vec<float>& x) {
 #endif
 
 #if defined(CPU_CAPABILITY_AVX512)
-// 1 / (1 + 2^(k x)) for 16 floats: sigmoid(x) with k = -log2(e), sigmoid(2x) with k = -2 log2(e). 2^t is
-// 2^n * p(t - n) with n = round(t) and p a degree-5 minimax polynomial of 2^f on [-1/2, 1/2] (relative error
-// 1.8e-7 evaluated in fp32), scaled by vscalefps, which gives +inf on overflow and 0 on underflow without
-// clamping the exponent bits. t is clamped to [-150, 150] first so that x = +-inf gives 2^t = 0 or +inf rather
-// than NaN from inf - inf (min/max take NaN t through: they return their second operand when either is NaN).
-// The division is a 14-bit reciprocal refined by one Newton step. Where 2^t overflows, the reference's
-// 1 / (1 + inf) is exactly 0 (and 0 * Inf in the cell update NaN): the masked multiply gives that 0 (the Newton
-// step alone would give inf * 0 = NaN there); a NaN x stays NaN. 16 instructions against about 26 for at::vec's
-// exp_u20 with its clamps and blends; the activations are a third of the layer's instructions at H = 32.
-inline __m512 inv_one_plus_exp2(__m512 x, float k) {
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(k));
-  t = _mm512_max_ps(_mm512_set1_ps(-150.f), _mm512_min_ps(_mm512_set1_ps(150.f), t));
-  const __m512 nt = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, nt);
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.327670878e-03f), f, _mm512_set1_ps(9.671509266e-03f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550692603e-02f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402224243e-01f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470037e-01f));
+// 2^t for 16 floats: 2^floor(t) * p(t - floor(t)), p a degree-5 minimax polynomial of 2^f on [0, 1) (relative
+// error 1.6e-7 evaluated in fp32, p(0) = 1). vreduceps gives t - floor(t) and vscalefps multiplies by
+// 2^floor(t) itself, with +inf on overflow and 0 on underflow; t = +-inf gives +inf / 0 (vreduceps(+-inf) = 0) and
+// a NaN t stays NaN, so nothing needs clamping: 8 instructions.
+inline __m512 exp2_avx512(__m512 t) {
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.867148210e-03f), f, _mm512_set1_ps(9.017009288e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.579990149e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.401644737e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931512952e-01f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  const __m512 e = _mm512_scalef_ps(p, nt);
+  return _mm512_scalef_ps(p, t);
+}
+
+// sigmoid(x) = 1 / (1 + e), e = 2^(-x log2(e)). The division is a 14-bit reciprocal refined by one Newton step.
+// Where e overflows, the reference's 1 / (1 + inf) is exactly 0 (and 0 * Inf in the cell update NaN): the masked
+// multiply gives that 0 (the Newton step alone would give inf * 0 = NaN there); a NaN x stays NaN. 13 instructions
+// against about 26 for at::vec's exp_u20 with its clamps and blends; the activations are a third of the layer's
+// instructions at H = 32.
+inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 e = exp2_avx512(_mm512_mul_ps(x, _mm512_set1_ps(-1.4426950408889634f)));
   const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.f));
   const __m512 r = _mm512_rcp14_ps(d);
   const __mmask16 finite = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_NEQ_UQ);
   return _mm512_maskz_mul_ps(finite, r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
 }
 
+// tanh(x) = 1 - 2 / (1 + e), e = 2^(2x log2(e)): r ~ 1 / d with d = (1 + e) / 2, one Newton step, and 1 where e
+// overflows (x > 44.4, or +inf). x = -inf gives e = 0 and -1; a NaN x stays NaN.
+inline __m512 tanh_avx512(__m512 x) {
+  const __m512 e = exp2_avx512(_mm512_mul_ps(x, _mm512_set1_ps(2.8853900817779268f)));
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 d = _mm512_fmadd_ps(e, half, half);
+  const __m512 r = _mm512_rcp14_ps(d);
+  const __mmask16 finite = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_NEQ_UQ);
+  return _mm512_mask3_fnmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)), _mm512_set1_ps(1.f), finite);
+}
+
 template <>
 inline Vec<float> sigmoid<float>(const Vec<float>& x) {
-  return inv_one_plus_exp2(x, -1.4426950408889634f);
+  return sigmoid_avx512(x);
 }
 #endif
 
@@ -136,7 +148,7 @@ inline Vec<T> tanh_fast(const Vec<T>& x) {
 #if defined(CPU_CAPABILITY_AVX512)
 template <>
 inline Vec<float> tanh_fast<float>(const Vec<float>& x) {
-  return _mm512_fmsub_ps(_mm512_set1_ps(2.f), inv_one_plus_exp2(x, -2.8853900817779268f), _mm512_set1_ps(1.f));
+  return tanh_avx512(x);
 }
 #endif
 
@@ -233,17 +245,15 @@ void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const 
   }
 }
 
-// Row-major [nr, K] rows of src (row stride K) -> dstT [K][R], zero-padded rows.
+// Row-major [nr, K] rows of src (row stride K) -> dstT [K][R], zero-padded rows. at::vec's 16 x 16 block
+// transpose (AVX-512 shuffles for fp32): the scalar loop stored each value to its own cache line, and a wide input
+// (F = 1152: 288 KiB per tile) cost a third of the forward.
 template <typename T>
 void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < R; ++r) {
-    if (r < nr) {
-      const T* s = src + r * K;
-      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = s[k];
-    } else {
-      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = T(0);
-    }
+  at::vec::transpose_mxn<T>(src, K, dstT, R, static_cast<int>(nr), static_cast<int>(K));
+  if (nr < R) {
+    for (int64_t k = 0; k < K; ++k) std::fill(dstT + k * R + nr, dstT + (k + 1) * R, T(0));
   }
 }
 
@@ -285,10 +295,7 @@ void store_units(const T* srcT, int64_t N, int64_t r0, int64_t nr, int64_t count
 template <typename T>
 void from_soa(const T* srcT, int64_t nr, int64_t K, T* dst) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < nr; ++r) {
-    T* d = dst + r * K;
-    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
-  }
+  at::vec::transpose_mxn<T>(srcT, R, dst, K, static_cast<int>(K), static_cast<int>(nr));
 }
 
 // srcT [K][R] -> dst [R][Kp] (row-major rows, columns K..Kp-1 zero).
