@@ -302,10 +302,9 @@ void from_soa(const T* srcT, int64_t nr, int64_t K, T* dst) {
 template <typename T>
 void soa_to_rows(const T* srcT, int64_t K, int64_t Kp, T* dst) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < R; ++r) {
-    T* d = dst + r * Kp;
-    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
-    for (int64_t k = K; k < Kp; ++k) d[k] = T(0);
+  at::vec::transpose_mxn<T>(srcT, R, dst, Kp, static_cast<int>(K), static_cast<int>(R));
+  if (Kp > K) {
+    for (int64_t r = 0; r < R; ++r) std::fill(dst + r * Kp + K, dst + (r + 1) * Kp, T(0));
   }
 }
 
