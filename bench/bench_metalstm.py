@@ -37,6 +37,9 @@ rest is the sigmoid/tanh evaluations (5 per unit and row) and streaming the 1.5 
 """
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 from torch import nn
 
@@ -56,6 +59,25 @@ def model_flops(N: int, F: int, H: int, mode: str, L: int = LAYERS) -> int:
     if mode == "forward":
         return N * fwd
     return N * (2 * fwd + 2 * (L - 1) * 4 * H * H)
+
+
+@functools.lru_cache(maxsize=None)
+def sgemm_peak_gflops(n: int = 1024, runs: int = 7) -> float:
+    """Single-thread fp32 torch.mm of two n x n matrices on the CPU: the machine's measured FMA peak in GFLOP/s
+    (median of `runs` process-CPU-time samples), against which the kernel's GFLOP/s are read."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        samples = []
+        for _ in range(runs):
+            t0 = time.process_time()
+            torch.mm(a, b)
+            samples.append(time.process_time() - t0)
+    finally:
+        torch.set_num_threads(prev)
+    return 2 * n**3 / sorted(samples)[runs // 2] / 1e9
 
 
 def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
@@ -119,7 +141,15 @@ def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
     return Case(kernel="meta_lstm", mode=mode, shape=f"{label} N={N} H={H} F={F} L={LAYERS} fp32",
                 bytes_moved=per_row_bytes * N, providers=providers, baseline="nn_lstm", build=build,
                 bandwidth="copy", device=device, warmup=1 if N >= 100_000 else 2,
-                note=f"{model_flops(N, F, H, mode) / 1e9:.3f} GFLOP")
+                note=_note(model_flops(N, F, H, mode), device))
+
+
+def _note(flops: int, device: str) -> str:
+    """The case's model work and, on the CPU, the time it takes at the measured sgemm peak (the compute bound)."""
+    if device != "cpu":
+        return f"{flops / 1e9:.3f} GFLOP"
+    peak = sgemm_peak_gflops()
+    return f"{flops / 1e9:.3f} GFLOP; {flops / (peak * 1e9) * 1e6:.1f} us at the {peak:.0f} GFLOP/s sgemm peak"
 
 
 def cases(quick: bool) -> list[Case]:
