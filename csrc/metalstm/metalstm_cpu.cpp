@@ -193,9 +193,13 @@ inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64
 
 // One layer over a tile: inT [K][R], hT, cT [H][R] -> hnT, cnT [H][R]; optionally the activated gates
 // [4][H][R] and tanh(c_new) [H][R] for the backward. pre: [4][H][R] scratch, used when K > kKBlock.
+// pf_h, pf_c (when not null): the next tile's state rows of this layer (unit u at u * pf_stride), prefetched unit
+// by unit. The state is streamed from memory once per step; spread over the units, the prefetches overlap that
+// with this tile's arithmetic (issued all at once at the start of a tile, they filled the line-fill buffers and
+// stalled it).
 template <typename T>
 void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const T* cT, T* hnT, T* cnT, T* gates,
-                   T* tcT, T* pre) {
+                   T* tcT, T* pre, const T* pf_h, const T* pf_c, int64_t pf_stride) {
   constexpr int64_t V = kV<T>, R = kR<T>;
   const int64_t H = n.H, K = n.kin(l);
   const T* bias = n.bias(l);
@@ -217,6 +221,12 @@ void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const 
     }
   }
   for (int64_t u = 0; u < H; ++u) {
+    if (pf_h != nullptr) {
+      for (int64_t q = 0; q < R * int64_t(sizeof(T)); q += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(pf_h + u * pf_stride) + q);
+        __builtin_prefetch(reinterpret_cast<const char*>(pf_c + u * pf_stride) + q);
+      }
+    }
     Vec<T> a[4][kNV];
     if (blocked) {
       for (int g = 0; g < 4; ++g)
@@ -257,14 +267,14 @@ void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
   }
 }
 
-// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded.
-// A full tile is copied with vector moves and the next tile's lines of the same rows are prefetched (the state
-// is streamed from memory once per step; the prefetch overlaps that with this tile's arithmetic).
+// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded; a full tile
+// is copied with vector moves. The state's lines were prefetched during the previous tile (see layer_forward);
+// with prefetch (the backward's incoming state gradients), the next tile's lines of these rows are prefetched here.
 template <typename T>
-void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT) {
+void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT, bool prefetch = false) {
   constexpr int64_t R = kR<T>, V = kV<T>;
   if (nr == R) {
-    const bool pf = r0 + 2 * R <= N;
+    const bool pf = prefetch && r0 + 2 * R <= N;
     for (int64_t u = 0; u < count; ++u) {
       const T* sp = src + u * N + r0;
       if (pf) {
@@ -375,13 +385,15 @@ void load_tile(const Net<T>& n, const T* x, const T* h, const T* c, int64_t N, i
 }
 
 template <typename T>
-void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep) {
+void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep, const T* h, const T* c, int64_t N, int64_t r0) {
   const int64_t H = n.H, R = kR<T>;
+  const bool pf = r0 + 2 * R <= N;  // the next tile is a full one
   for (int64_t l = 0; l < n.L; ++l) {
     const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
     layer_forward<T>(n, l, in, s.hT.data() + l * H * R, s.cT.data() + l * H * R, s.hnT.data() + l * H * R,
                      s.cnT.data() + l * H * R, keep ? s.gates.data() + l * 4 * H * R : nullptr,
-                     keep ? s.tcT.data() + l * H * R : nullptr, s.pre.data());
+                     keep ? s.tcT.data() + l * H * R : nullptr, s.pre.data(),
+                     pf ? h + l * H * N + r0 + R : nullptr, pf ? c + l * H * N + r0 + R : nullptr, N);
   }
 }
 
@@ -406,7 +418,7 @@ void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* m
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * R, nr = std::min(R, N - r0);
       load_tile<T>(n, x, h, c, N, r0, nr, s);
-      forward_layers<T>(n, s, false);
+      forward_layers<T>(n, s, false, h, c, N, r0);
       for (int v = 0; v < kNV; ++v) {
         Vec<T> y = Vec<T>(n.scale) * tanh_fast<T>(head_pre<T>(n, s, v));
         y.store(s.tmp.data() + v * V);
@@ -532,7 +544,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
   constexpr int64_t R = kR<T>, V = kV<T>;
   const int64_t H = n.H, L = n.L, M = 4 * H;
   load_tile<T>(n, x, h, c, N, r0, nr, s);
-  forward_layers<T>(n, s, true);
+  forward_layers<T>(n, s, true, h, c, N, r0);
 
   // Head: out = scale * tanh(z) * m.
   T* dz = s.tmp.data();
@@ -565,7 +577,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
   const T* hl = s.hnT.data() + (L - 1) * H * R;
   const bool has_gh = gh_new != nullptr, has_gc = gc_new != nullptr;
   if (has_gh) {
-    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data());
+    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data(), true);
   } else {
     std::fill(s.dh.begin(), s.dh.end(), T(0));
   }
@@ -582,7 +594,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
 
   for (int64_t l = L - 1; l >= 0; --l) {
     if (has_gc) {
-      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data());
+      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data(), true);
     } else {
       std::fill(s.dc.begin(), s.dc.end(), T(0));
     }
@@ -623,7 +635,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
     if (l > 0) {
       // dL/dh_{l-1}: from the layer above plus the incoming gradient of that layer's output state.
       if (has_gh) {
-        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data());
+        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data(), true);
       } else {
         std::fill(s.dh.begin(), s.dh.end(), T(0));
       }
