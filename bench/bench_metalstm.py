@@ -34,8 +34,8 @@ provider time, all in one process; peak = extra RSS of one call; GFLOP/s counts 
                                           cltk 3.41x nn_lstm
   per-neuron N=64, H=64, F=1152, forward  cltk 450.3 us (107.1 GFLOP/s)  nn_lstm 1011 us (47.7)  lstm_cells 642.3 us
                                           cltk 2.24x nn_lstm
-An earlier run of the same bench (16:35 UTC, before the state prefetch change below): forward 0.463 s (5.30x), fwd+bwd 1.721 s (6.84x),
-per-neuron 126.9 us (3.64x) and 441.2 us (2.02x).
+An earlier run of the same bench (16:35 UTC, before the state prefetch change below): forward 0.463 s (5.30x),
+fwd+bwd 1.721 s (6.84x), per-neuron 126.9 us (3.64x) and 441.2 us (2.02x).
 Before this kernel revision (same bench and machine, earlier the same day): forward 0.597 s (70.4 GFLOP/s, 4.22x),
 fwd+bwd 2.107 s (5.51x), per-neuron 158.2 us (3.51x) and 640.7 us (2.06x).
 
@@ -53,7 +53,8 @@ at F=1152).
 Where the per-synapse forward stands: a 64-row tile is 83968 gate FMAs and, for the 5 activations per unit and row
 plus the cell update, about 26000 more vector instructions on the same two FMA ports, so the kernel can reach about
 76 % of the FMA peak (113 GFLOP/s at 149); 6x nn.LSTM (2.421 s) needs 0.403 s = 104 GFLOP/s, 70 % of the peak.
-It runs at 64 %, the rest being the state stream (1.5 KiB per row read and written) and the weight broadcasts.
+It runs at 64 %; in perf profiles the rest is stalls on the state stream (1.5 KiB per row read and written) and on
+the gate loops' loads.
 Per-neuron, F=4: 10.6 MFLOP per call, 71 us at the 149 GFLOP/s peak; 5x nn.LSTM (433 us) needs 87 us = 123
 GFLOP/s (82 % of the peak) with one 64-row tile per call, whose 324 KiB of weights are read from L2 once per call.
 Per-neuron, F=1152: 48.2 MFLOP per call, 324 us at the 149 GFLOP/s sgemm peak, so the ratio against nn.LSTM's

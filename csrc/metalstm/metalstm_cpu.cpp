@@ -356,7 +356,8 @@ struct Scratch {
   Scratch(int64_t F, int64_t H, int64_t L, bool backward) {
     constexpr int64_t R = kR<T>, V = kV<T>;
     Buf<T>* bufs[] = {&xT, &hT, &cT, &hnT, &cnT, &pre, &tmp, &gates, &tcT, &dh, &dc, &dG, &rowsbuf, &din};
-    const int64_t sizes[] = {F * R, L * H * R, L * H * R, L * H * R, L * H * R, std::max(F, H) > kKBlock ? 4 * H * R : 0, R,
+    const int64_t sizes[] = {F * R, L * H * R, L * H * R, L * H * R, L * H * R,
+                             std::max(F, H) > kKBlock ? 4 * H * R : 0, R,
                              backward ? L * 4 * H * R : 0, backward ? L * H * R : 0, backward ? H * R : 0,
                              backward ? H * R : 0, backward ? 4 * H * R : 0,
                              backward ? R * std::max(round_up(F, V), round_up(H + 1, V)) : 0,
