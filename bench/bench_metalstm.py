@@ -15,27 +15,57 @@ Work: 2 * sum_l 4H (F_l + H) flops per row for the layers (+ 2H for the head); t
 row is reading x and (h, c) and writing out and (h, c): (F + 4 * 3 * H + 1) * 4 bytes (bytes_moved); the full
 mode reads them twice (the backward recomputes).
 
-Measured 2026-11-30 on an Intel Xeon (AVX-512; a 2-core VM shared with other jobs; 1 thread; torch 2.13.0 CPU;
-median of 9 process-CPU-time runs, `python -m cltk.benchmark --kernel metalstm`); ratio = nn_lstm time / provider
-time; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multiply-adds (2 flops each):
-  per-synapse N=1e6, H=32, F=4, forward   cltk 0.597 s (70.4 GFLOP/s)  nn_lstm 2.518 s (16.7)  lstm_cells 4.189 s
-                                          cltk 4.22x nn_lstm, 7.0x lstm_cells
-                                          peak cltk 3.7 MiB, nn_lstm 1586.9 MiB (0.23 %), lstm_cells 1220.6 MiB
-  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 2.107 s  nn_lstm 11.606 s  lstm_cells 8.652 s
-    (grads w.r.t. all parameters)         cltk 5.51x nn_lstm, 4.11x lstm_cells
-                                          peak cltk 4.1 MiB, nn_lstm 4520.3 MiB (0.09 %), lstm_cells 2567.3 MiB
-                                          cltk 47.7 GFLOP/s of model work (100.5 GFLOP: forward, weight and
+Compute bound: sgemm_peak_gflops() times a single-thread 1024^3 fp32 torch.mm in the same process (128-149
+GFLOP/s on this machine, 149 when it is quiet); each case's note gives its model work and its time at that peak.
+
+Measured 2026-11-30 16:48 UTC on an Intel Xeon (AVX-512; a 2-core VM shared with other jobs; 1 thread; torch 2.13.0
+CPU; median of 9 process-CPU-time runs, `python -m cltk.benchmark --kernel metalstm`); ratio = nn_lstm time /
+provider time, all in one process; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multiply-adds
+(2 flops each); % peak is against 149 GFLOP/s:
+  per-synapse N=1e6, H=32, F=4, forward   cltk 0.440 s (95.5 GFLOP/s, 64 % peak)  nn_lstm 2.421 s (17.4)
+                                          lstm_cells 4.133 s;  cltk 5.50x nn_lstm, 9.4x lstm_cells
+                                          peak cltk 3.7 MiB, nn_lstm 1586.7 MiB (0.23 %), lstm_cells 1220.6 MiB
+  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 1.683 s  nn_lstm 11.311 s  lstm_cells 8.705 s
+    (grads w.r.t. all parameters)         cltk 6.72x nn_lstm, 5.17x lstm_cells
+                                          peak cltk 3.8 MiB, nn_lstm 4520.4 MiB (0.08 %), lstm_cells 2567.3 MiB
+                                          cltk 59.7 GFLOP/s of model work (100.5 GFLOP: forward, weight and
                                           hidden-input gradients; the kernel's forward recompute not counted)
-  per-neuron N=64, H=64, F=4, forward     cltk 158.2 us (67.2 GFLOP/s)  nn_lstm 555.4 us  lstm_cells 308.3 us
-                                          cltk 3.51x nn_lstm
-  per-neuron N=64, H=64, F=1152, forward  cltk 640.7 us (75.3 GFLOP/s)  nn_lstm 1323 us  lstm_cells 729.9 us
-                                          cltk 2.06x nn_lstm
-Goals: forward >= 6x nn.LSTM (met: no, 4.2x), fwd+bwd >= 6x (no, 5.5x); forward peak <= 5 % of nn.LSTM's (yes,
-0.23 %), fwd+bwd <= 1/5 (yes, 0.09 %); per-neuron forward >= 5x (no: 3.5x at F=4, 2.1x at F=1152). Single-thread
-sgemm on this machine reaches about 149 GFLOP/s, so the per-synapse forward runs at about half of the FMA peak; the
-rest is the sigmoid/tanh evaluations (5 per unit and row) and streaming the 1.5 KiB of state per row.
+  per-neuron N=64, H=64, F=4, forward     cltk 127.0 us (83.6 GFLOP/s)  nn_lstm 433.1 us  lstm_cells 248.0 us
+                                          cltk 3.41x nn_lstm
+  per-neuron N=64, H=64, F=1152, forward  cltk 450.3 us (107.1 GFLOP/s)  nn_lstm 1011 us (47.7)  lstm_cells 642.3 us
+                                          cltk 2.24x nn_lstm
+An earlier run of the same bench (16:35 UTC, before the state prefetch change below): forward 0.463 s (5.30x),
+fwd+bwd 1.721 s (6.84x), per-neuron 126.9 us (3.64x) and 441.2 us (2.02x).
+Before this kernel revision (same bench and machine, earlier the same day): forward 0.597 s (70.4 GFLOP/s, 4.22x),
+fwd+bwd 2.107 s (5.51x), per-neuron 158.2 us (3.51x) and 640.7 us (2.06x).
+
+What changed (csrc/metalstm/metalstm_cpu.cpp): sigmoid and tanh in 13 AVX-512 instructions each instead of about
+26 (exp2 as a degree-5 polynomial on vreduceps' fraction, scaled by vscalefps, which needs no clamping; a 14-bit
+reciprocal with one Newton step; masked instructions for the overflow cases); inputs wider than 128 features are
+multiplied in feature blocks over all units so that the transposed input block stays in L1; the row-to-SoA
+transposes use at::vec's 16 x 16 block transpose (the scalar loop cost a third of the F = 1152 forward); the next
+tile's state is prefetched unit by unit during the layer loop (a burst at the start of each tile stalled it); tile
+scratch is a reused per-thread arena (no per-call allocation and zeroing).
+
+Goals: forward >= 6x nn.LSTM (met: no, 5.3x-5.5x), fwd+bwd >= 6x (yes, 6.7x-6.8x); forward peak <= 5 % of
+nn.LSTM's (yes, 0.23 %), fwd+bwd <= 1/5 (yes, 0.08 %); per-neuron forward >= 5x (no: 3.4x-3.6x at F=4, 2.0x-2.2x
+at F=1152).
+Where the per-synapse forward stands: a 64-row tile is 83968 gate FMAs and, for the 5 activations per unit and row
+plus the cell update, about 26000 more vector instructions on the same two FMA ports, so the kernel can reach about
+76 % of the FMA peak (113 GFLOP/s at 149); 6x nn.LSTM (2.421 s) needs 0.403 s = 104 GFLOP/s, 70 % of the peak.
+It runs at 64 %; in perf profiles the rest is stalls on the state stream (1.5 KiB per row read and written) and on
+the gate loops' loads.
+Per-neuron, F=4: 10.6 MFLOP per call, 71 us at the 149 GFLOP/s peak; 5x nn.LSTM (433 us) needs 87 us = 123
+GFLOP/s (82 % of the peak) with one 64-row tile per call, whose 324 KiB of weights are read from L2 once per call.
+Per-neuron, F=1152: 48.2 MFLOP per call, 324 us at the 149 GFLOP/s sgemm peak, so the ratio against nn.LSTM's
+1011 us can be at most 3.1x; 5x would need 202 us = 239 GFLOP/s, 1.6 times the measured single-thread sgemm peak
+(with the 1323 us nn.LSTM took in the earlier measurement, 5x would still need 182 GFLOP/s): not reachable on one
+core. The kernel runs this case at 107 GFLOP/s (72 % of the peak); nn.LSTM at 48.
 """
 from __future__ import annotations
+
+import functools
+import time
 
 import torch
 from torch import nn
@@ -56,6 +86,25 @@ def model_flops(N: int, F: int, H: int, mode: str, L: int = LAYERS) -> int:
     if mode == "forward":
         return N * fwd
     return N * (2 * fwd + 2 * (L - 1) * 4 * H * H)
+
+
+@functools.lru_cache(maxsize=None)
+def sgemm_peak_gflops(n: int = 1024, runs: int = 7) -> float:
+    """Single-thread fp32 torch.mm of two n x n matrices on the CPU: the machine's measured FMA peak in GFLOP/s
+    (median of `runs` process-CPU-time samples), against which the kernel's GFLOP/s are read."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        samples = []
+        for _ in range(runs):
+            t0 = time.process_time()
+            torch.mm(a, b)
+            samples.append(time.process_time() - t0)
+    finally:
+        torch.set_num_threads(prev)
+    return 2 * n**3 / sorted(samples)[runs // 2] / 1e9
 
 
 def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
@@ -119,7 +168,15 @@ def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
     return Case(kernel="meta_lstm", mode=mode, shape=f"{label} N={N} H={H} F={F} L={LAYERS} fp32",
                 bytes_moved=per_row_bytes * N, providers=providers, baseline="nn_lstm", build=build,
                 bandwidth="copy", device=device, warmup=1 if N >= 100_000 else 2,
-                note=f"{model_flops(N, F, H, mode) / 1e9:.3f} GFLOP")
+                note=_note(model_flops(N, F, H, mode), device))
+
+
+def _note(flops: int, device: str) -> str:
+    """The case's model work and, on the CPU, the time it takes at the measured sgemm peak (the compute bound)."""
+    if device != "cpu":
+        return f"{flops / 1e9:.3f} GFLOP"
+    peak = sgemm_peak_gflops()
+    return f"{flops / 1e9:.3f} GFLOP; {flops / (peak * 1e9) * 1e6:.1f} us at the {peak:.0f} GFLOP/s sgemm peak"
 
 
 def cases(quick: bool) -> list[Case]:

@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -33,6 +34,11 @@ using namespace cltk_metalstm;
 
 constexpr int kNV = 4;  // SIMD vectors of rows per tile
 
+// Inputs wider than this are multiplied in blocks of kKBlock features over all units first (the pre-activations
+// go to tile scratch), so that a block of the transposed input stays in L1 while every unit reads it; otherwise
+// each unit streamed the whole [F][R] input tile (288 KiB at F = 1152) from L2.
+constexpr int64_t kKBlock = 128;
+
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
@@ -44,11 +50,11 @@ constexpr int64_t kR = kNV * Vec<T>::size();
 
 inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
-// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is at::vec's exp_u20
-// (a degree-5 polynomial, about 20 ulp) and the division a 14-bit reciprocal refined by one Newton step: the
-// accurate library exp/tanh and vdivps would cost as much as all the gate FMAs. Relative error of sigmoid
-// stays near 1e-6 (checked against the fp32 reference in tests/ops/test_metalstm.py). fp64 uses exact exp and
-// division.
+// sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is a degree-5
+// polynomial (AVX-512: exp2_avx512 below; AVX2: at::vec's exp_u20, about 20 ulp) and the division a 14-bit
+// reciprocal refined by one Newton step: the accurate library exp/tanh and vdivps would cost as much as all the
+// gate FMAs. Relative error of sigmoid stays near 1e-6 (checked against the fp32 reference in
+// tests/ops/test_metalstm.py). fp64 uses exact exp and division.
 template <typename T>
 inline Vec<T> recip(const Vec<T>& d) {
   return Vec<T>(T(1)) / d;
@@ -59,21 +65,18 @@ inline Vec<T> exp_fast(const Vec<T>& x) {
   return x.exp();
 }
 
-#if defined(CPU_CAPABILITY_AVX512)
-template <>
-inline Vec<float> recip<float>(const Vec<float>& d) {
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+template <typename T>
+inline Vec<T> sigmoid(const Vec<T>& x) {
+  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
 }
-#elif defined(CPU_CAPABILITY_AVX2)
+
+#if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
 template <>
 inline Vec<float> recip<float>(const Vec<float>& d) {
   const __m256 r = _mm256_rcp_ps(d);
   return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
 }
-#endif
 
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // exp_u20 clamps its argument to [ln(FLT_MIN), ln(FLT_MAX)], but at the top of that range it returns +inf (it
 // computes 2^128 * e^r with r ~ 0), and 1 + inf made sigmoid's Newton step inf * 0 = NaN: sigmoid(x) for x < -88.4
 // and tanh(x) for x < -44.2 were NaN. Below -80, sigmoid(x) < 2e-35 either way; minimum keeps NaN.
@@ -81,15 +84,7 @@ template <>
 inline Vec<float> exp_fast<float>(const Vec<float>& x) {
   return at::vec::minimum(x, Vec<float>(80.f)).exp_u20();
 }
-#endif
 
-template <typename T>
-inline Vec<T> sigmoid(const Vec<T>& x) {
-  // exp_fast stays finite (see above), so 1 + exp(-x) stays finite for the Newton step of recip.
-  return recip<T>(Vec<T>(T(1)) + exp_fast<T>(Vec<T>(T(0)) - x));
-}
-
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 template <>
 inline Vec<float> sigmoid<float>(const Vec<float>& x) {
   const Vec<float> nx = Vec<float>(0.f) - x;
@@ -100,10 +95,62 @@ inline Vec<float> sigmoid<float>(const Vec<float>& x) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX512)
+// 2^t for 16 floats: 2^floor(t) * p(t - floor(t)), p a degree-5 minimax polynomial of 2^f on [0, 1) (relative
+// error 1.6e-7 evaluated in fp32, p(0) = 1). vreduceps gives t - floor(t) and vscalefps multiplies by
+// 2^floor(t) itself, with +inf on overflow and 0 on underflow; t = +-inf gives +inf / 0 (vreduceps(+-inf) = 0) and
+// a NaN t stays NaN, so nothing needs clamping: 8 instructions.
+inline __m512 exp2_avx512(__m512 t) {
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.867148210e-03f), f, _mm512_set1_ps(9.017009288e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.579990149e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.401644737e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931512952e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_scalef_ps(p, t);
+}
+
+// sigmoid(x) = 1 / (1 + e), e = 2^(-x log2(e)). The division is a 14-bit reciprocal refined by one Newton step.
+// Where e overflows, the reference's 1 / (1 + inf) is exactly 0 (and 0 * Inf in the cell update NaN): the masked
+// multiply gives that 0 (the Newton step alone would give inf * 0 = NaN there); a NaN x stays NaN. 13 instructions
+// against about 26 for at::vec's exp_u20 with its clamps and blends; the activations are a third of the layer's
+// instructions at H = 32.
+inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 e = exp2_avx512(_mm512_mul_ps(x, _mm512_set1_ps(-1.4426950408889634f)));
+  const __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.f));
+  const __m512 r = _mm512_rcp14_ps(d);
+  const __mmask16 finite = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_NEQ_UQ);
+  return _mm512_maskz_mul_ps(finite, r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)));
+}
+
+// tanh(x) = 1 - 2 / (1 + e), e = 2^(2x log2(e)): r ~ 1 / d with d = (1 + e) / 2, one Newton step, and 1 where e
+// overflows (x > 44.4, or +inf). x = -inf gives e = 0 and -1; a NaN x stays NaN.
+inline __m512 tanh_avx512(__m512 x) {
+  const __m512 e = exp2_avx512(_mm512_mul_ps(x, _mm512_set1_ps(2.8853900817779268f)));
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 d = _mm512_fmadd_ps(e, half, half);
+  const __m512 r = _mm512_rcp14_ps(d);
+  const __mmask16 finite = _mm512_cmp_ps_mask(e, _mm512_set1_ps(__builtin_inff()), _CMP_NEQ_UQ);
+  return _mm512_mask3_fnmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.f)), _mm512_set1_ps(1.f), finite);
+}
+
+template <>
+inline Vec<float> sigmoid<float>(const Vec<float>& x) {
+  return sigmoid_avx512(x);
+}
+#endif
+
 template <typename T>
 inline Vec<T> tanh_fast(const Vec<T>& x) {
   return at::vec::fmsub(Vec<T>(T(2)), sigmoid<T>(x + x), Vec<T>(T(1)));
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+template <>
+inline Vec<float> tanh_fast<float>(const Vec<float>& x) {
+  return tanh_avx512(x);
+}
+#endif
 
 template <typename T>
 struct Net {
@@ -120,15 +167,16 @@ struct Net {
   const T* bias(int64_t l) const { return b + l * 4 * H; }
 };
 
-// a[g][v] += sum_k W[g*H + u, k] * in[k][v-th vector of rows], for the four gates g of unit u.
+// a[g][v] += sum_{k < K} W[g*H + u, k] * in[k][v-th vector of rows], for the four gates g of unit u; W's rows
+// are ld apart.
 template <typename T>
-inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64_t K, int64_t H, int64_t u,
-                             const T* __restrict__ inT) {
+inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64_t ld, int64_t K, int64_t H,
+                             int64_t u, const T* __restrict__ inT) {
   constexpr int64_t V = kV<T>, R = kR<T>;
-  const T* w0 = W + (0 * H + u) * K;
-  const T* w1 = W + (1 * H + u) * K;
-  const T* w2 = W + (2 * H + u) * K;
-  const T* w3 = W + (3 * H + u) * K;
+  const T* w0 = W + (0 * H + u) * ld;
+  const T* w1 = W + (1 * H + u) * ld;
+  const T* w2 = W + (2 * H + u) * ld;
+  const T* w3 = W + (3 * H + u) * ld;
   for (int64_t k = 0; k < K; ++k) {
     const Vec<T> b0(w0[k]), b1(w1[k]), b2(w2[k]), b3(w3[k]);
     const T* xr = inT + k * R;
@@ -144,19 +192,51 @@ inline void accumulate_gates(Vec<T> (&a)[4][kNV], const T* __restrict__ W, int64
 }
 
 // One layer over a tile: inT [K][R], hT, cT [H][R] -> hnT, cnT [H][R]; optionally the activated gates
-// [4][H][R] and tanh(c_new) [H][R] for the backward.
+// [4][H][R] and tanh(c_new) [H][R] for the backward. pre: [4][H][R] scratch, used when K > kKBlock.
+// pf_h, pf_c (when not null): the next tile's state rows of this layer (unit u at u * pf_stride), prefetched unit
+// by unit. The state is streamed from memory once per step; spread over the units, the prefetches overlap that
+// with this tile's arithmetic (issued all at once at the start of a tile, they filled the line-fill buffers and
+// stalled it).
 template <typename T>
 void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const T* cT, T* hnT, T* cnT, T* gates,
-                   T* tcT) {
+                   T* tcT, T* pre, const T* pf_h, const T* pf_c, int64_t pf_stride) {
   constexpr int64_t V = kV<T>, R = kR<T>;
-  const int64_t H = n.H;
+  const int64_t H = n.H, K = n.kin(l);
   const T* bias = n.bias(l);
+  const T* wi = n.wi(l);
+  const bool blocked = K > kKBlock;
+  if (blocked) {
+    // pre = b + W_ih in, a block of kKBlock input features at a time for all units.
+    for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+      const int64_t kb = std::min(kKBlock, K - k0);
+      for (int64_t u = 0; u < H; ++u) {
+        Vec<T> a[4][kNV];
+        for (int g = 0; g < 4; ++g)
+          for (int v = 0; v < kNV; ++v)
+            a[g][v] = k0 == 0 ? Vec<T>(bias[g * H + u]) : Vec<T>::loadu(pre + (g * H + u) * R + v * V);
+        accumulate_gates<T>(a, wi + k0, K, kb, H, u, inT + k0 * R);
+        for (int g = 0; g < 4; ++g)
+          for (int v = 0; v < kNV; ++v) a[g][v].store(pre + (g * H + u) * R + v * V);
+      }
+    }
+  }
   for (int64_t u = 0; u < H; ++u) {
+    if (pf_h != nullptr) {
+      for (int64_t q = 0; q < R * int64_t(sizeof(T)); q += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(pf_h + u * pf_stride) + q);
+        __builtin_prefetch(reinterpret_cast<const char*>(pf_c + u * pf_stride) + q);
+      }
+    }
     Vec<T> a[4][kNV];
-    for (int g = 0; g < 4; ++g)
-      for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>(bias[g * H + u]);
-    accumulate_gates<T>(a, n.wi(l), n.kin(l), H, u, inT);
-    accumulate_gates<T>(a, n.wh(l), H, H, u, hT);
+    if (blocked) {
+      for (int g = 0; g < 4; ++g)
+        for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>::loadu(pre + (g * H + u) * R + v * V);
+    } else {
+      for (int g = 0; g < 4; ++g)
+        for (int v = 0; v < kNV; ++v) a[g][v] = Vec<T>(bias[g * H + u]);
+      accumulate_gates<T>(a, wi, K, K, H, u, inT);
+    }
+    accumulate_gates<T>(a, n.wh(l), H, H, H, u, hT);
     for (int v = 0; v < kNV; ++v) {
       const int64_t o = u * R + v * V;
       const Vec<T> i = sigmoid<T>(a[0][v]), f = sigmoid<T>(a[1][v]), g = tanh_fast<T>(a[2][v]), og = sigmoid<T>(a[3][v]);
@@ -175,28 +255,26 @@ void layer_forward(const Net<T>& n, int64_t l, const T* inT, const T* hT, const 
   }
 }
 
-// Row-major [nr, K] rows of src (row stride K) -> dstT [K][R], zero-padded rows.
+// Row-major [nr, K] rows of src (row stride K) -> dstT [K][R], zero-padded rows. at::vec's 16 x 16 block
+// transpose (AVX-512 shuffles for fp32): the scalar loop stored each value to its own cache line, and a wide input
+// (F = 1152: 288 KiB per tile) cost a third of the forward.
 template <typename T>
 void to_soa(const T* src, int64_t nr, int64_t K, T* dstT) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < R; ++r) {
-    if (r < nr) {
-      const T* s = src + r * K;
-      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = s[k];
-    } else {
-      for (int64_t k = 0; k < K; ++k) dstT[k * R + r] = T(0);
-    }
+  at::vec::transpose_mxn<T>(src, K, dstT, R, static_cast<int>(nr), static_cast<int>(K));
+  if (nr < R) {
+    for (int64_t k = 0; k < K; ++k) std::fill(dstT + k * R + nr, dstT + (k + 1) * R, T(0));
   }
 }
 
-// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded.
-// A full tile is copied with vector moves and the next tile's lines of the same rows are prefetched (the state
-// is streamed from memory once per step; the prefetch overlaps that with this tile's arithmetic).
+// Unit-major state rows [count][N] (rows r0..r0+nr of each unit) -> dstT [count][R], zero-padded; a full tile
+// is copied with vector moves. The state's lines were prefetched during the previous tile (see layer_forward);
+// with prefetch (the backward's incoming state gradients), the next tile's lines of these rows are prefetched here.
 template <typename T>
-void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT) {
+void load_units(const T* src, int64_t N, int64_t r0, int64_t nr, int64_t count, T* dstT, bool prefetch = false) {
   constexpr int64_t R = kR<T>, V = kV<T>;
   if (nr == R) {
-    const bool pf = r0 + 2 * R <= N;
+    const bool pf = prefetch && r0 + 2 * R <= N;
     for (int64_t u = 0; u < count; ++u) {
       const T* sp = src + u * N + r0;
       if (pf) {
@@ -227,43 +305,71 @@ void store_units(const T* srcT, int64_t N, int64_t r0, int64_t nr, int64_t count
 template <typename T>
 void from_soa(const T* srcT, int64_t nr, int64_t K, T* dst) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < nr; ++r) {
-    T* d = dst + r * K;
-    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
-  }
+  at::vec::transpose_mxn<T>(srcT, R, dst, K, static_cast<int>(K), static_cast<int>(nr));
 }
 
 // srcT [K][R] -> dst [R][Kp] (row-major rows, columns K..Kp-1 zero).
 template <typename T>
 void soa_to_rows(const T* srcT, int64_t K, int64_t Kp, T* dst) {
   constexpr int64_t R = kR<T>;
-  for (int64_t r = 0; r < R; ++r) {
-    T* d = dst + r * Kp;
-    for (int64_t k = 0; k < K; ++k) d[k] = srcT[k * R + r];
-    for (int64_t k = K; k < Kp; ++k) d[k] = T(0);
+  at::vec::transpose_mxn<T>(srcT, R, dst, Kp, static_cast<int>(K), static_cast<int>(R));
+  if (Kp > K) {
+    for (int64_t r = 0; r < R; ++r) std::fill(dst + r * Kp + K, dst + (r + 1) * Kp, T(0));
   }
 }
 
-// Tile scratch of one thread.
+// A view of part of the per-thread scratch arena.
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  int64_t n = 0;
+  T* data() const { return p; }
+  T* begin() const { return p; }
+  T* end() const { return p + n; }
+  T& operator[](int64_t i) const { return p[i]; }
+};
+
+// Per-thread arena behind Scratch: grown on demand and reused by later calls, never zero-filled (every tile
+// writes each scratch value it reads, padding rows included). Allocating and zeroing a few hundred KiB per call
+// was a large part of a small call (one 64-row tile).
+inline char* scratch_arena(size_t bytes) {
+  struct Arena {
+    char* p = nullptr;
+    size_t n = 0;
+    ~Arena() { std::free(p); }
+  };
+  thread_local Arena a;
+  if (a.n < bytes) {
+    std::free(a.p);
+    a.n = (bytes + 4095) / 4096 * 4096;
+    a.p = static_cast<char*>(std::aligned_alloc(64, a.n));
+    TORCH_CHECK(a.p != nullptr, "meta_lstm: out of memory for ", a.n, " bytes of tile scratch");
+  }
+  return a.p;
+}
+
+// Tile scratch of one thread. pre holds the input part of a layer's gate pre-activations [4][H][R] when the
+// input is wide (see kKBlock).
 template <typename T>
 struct Scratch {
-  std::vector<T> xT, hT, cT, hnT, cnT, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
+  Buf<T> xT, hT, cT, hnT, cnT, pre, gates, tcT, dh, dc, dG, rowsbuf, din, tmp;
   Scratch(int64_t F, int64_t H, int64_t L, bool backward) {
     constexpr int64_t R = kR<T>, V = kV<T>;
-    xT.assign(F * R, T(0));
-    hT.assign(L * H * R, T(0));
-    cT.assign(L * H * R, T(0));
-    hnT.assign(L * H * R, T(0));
-    cnT.assign(L * H * R, T(0));
-    tmp.assign(R, T(0));
-    if (backward) {
-      gates.assign(L * 4 * H * R, T(0));
-      tcT.assign(L * H * R, T(0));
-      dh.assign(H * R, T(0));
-      dc.assign(H * R, T(0));
-      dG.assign(4 * H * R, T(0));
-      rowsbuf.assign(R * std::max(round_up(F, V), round_up(H + 1, V)), T(0));
-      din.assign(std::max(F, H) * R, T(0));
+    Buf<T>* bufs[] = {&xT, &hT, &cT, &hnT, &cnT, &pre, &tmp, &gates, &tcT, &dh, &dc, &dG, &rowsbuf, &din};
+    const int64_t sizes[] = {F * R, L * H * R, L * H * R, L * H * R, L * H * R,
+                             std::max(F, H) > kKBlock ? 4 * H * R : 0, R,
+                             backward ? L * 4 * H * R : 0, backward ? L * H * R : 0, backward ? H * R : 0,
+                             backward ? H * R : 0, backward ? 4 * H * R : 0,
+                             backward ? R * std::max(round_up(F, V), round_up(H + 1, V)) : 0,
+                             backward ? std::max(F, H) * R : 0};
+    int64_t total = 0;
+    for (int64_t sz : sizes) total += round_up(sz, 64 / int64_t(sizeof(T)));
+    T* base = reinterpret_cast<T*>(scratch_arena(sizeof(T) * total));
+    int64_t off = 0;
+    for (int i = 0; i < 14; ++i) {
+      bufs[i]->p = base + off;
+      bufs[i]->n = sizes[i];
+      off += round_up(sizes[i], 64 / int64_t(sizeof(T)));
     }
   }
 };
@@ -280,13 +386,15 @@ void load_tile(const Net<T>& n, const T* x, const T* h, const T* c, int64_t N, i
 }
 
 template <typename T>
-void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep) {
+void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep, const T* h, const T* c, int64_t N, int64_t r0) {
   const int64_t H = n.H, R = kR<T>;
+  const bool pf = r0 + 2 * R <= N;  // the next tile is a full one
   for (int64_t l = 0; l < n.L; ++l) {
     const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
     layer_forward<T>(n, l, in, s.hT.data() + l * H * R, s.cT.data() + l * H * R, s.hnT.data() + l * H * R,
                      s.cnT.data() + l * H * R, keep ? s.gates.data() + l * 4 * H * R : nullptr,
-                     keep ? s.tcT.data() + l * H * R : nullptr);
+                     keep ? s.tcT.data() + l * H * R : nullptr, s.pre.data(),
+                     pf ? h + l * H * N + r0 + R : nullptr, pf ? c + l * H * N + r0 + R : nullptr, N);
   }
 }
 
@@ -311,7 +419,7 @@ void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* m
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * R, nr = std::min(R, N - r0);
       load_tile<T>(n, x, h, c, N, r0, nr, s);
-      forward_layers<T>(n, s, false);
+      forward_layers<T>(n, s, false, h, c, N, r0);
       for (int v = 0; v < kNV; ++v) {
         Vec<T> y = Vec<T>(n.scale) * tanh_fast<T>(head_pre<T>(n, s, v));
         y.store(s.tmp.data() + v * V);
@@ -437,7 +545,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
   constexpr int64_t R = kR<T>, V = kV<T>;
   const int64_t H = n.H, L = n.L, M = 4 * H;
   load_tile<T>(n, x, h, c, N, r0, nr, s);
-  forward_layers<T>(n, s, true);
+  forward_layers<T>(n, s, true, h, c, N, r0);
 
   // Head: out = scale * tanh(z) * m.
   T* dz = s.tmp.data();
@@ -470,7 +578,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
   const T* hl = s.hnT.data() + (L - 1) * H * R;
   const bool has_gh = gh_new != nullptr, has_gc = gc_new != nullptr;
   if (has_gh) {
-    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data());
+    load_units<T>(gh_new + (L - 1) * H * N, N, r0, nr, H, s.dh.data(), true);
   } else {
     std::fill(s.dh.begin(), s.dh.end(), T(0));
   }
@@ -487,7 +595,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
 
   for (int64_t l = L - 1; l >= 0; --l) {
     if (has_gc) {
-      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data());
+      load_units<T>(gc_new + l * H * N, N, r0, nr, H, s.dc.data(), true);
     } else {
       std::fill(s.dc.begin(), s.dc.end(), T(0));
     }
@@ -528,7 +636,7 @@ void backward_tile(const Net<T>& n, const T* x, const T* h, const T* c, const T*
     if (l > 0) {
       // dL/dh_{l-1}: from the layer above plus the incoming gradient of that layer's output state.
       if (has_gh) {
-        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data());
+        load_units<T>(gh_new + (l - 1) * H * N, N, r0, nr, H, s.dh.data(), true);
       } else {
         std::fill(s.dh.begin(), s.dh.end(), T(0));
       }
@@ -544,7 +652,7 @@ template <typename T>
 Net<T> make_net(const at::Tensor& w_ih0, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& b,
                 const at::Tensor& w_out, const at::Tensor& b_out, const at::Tensor& scale, const Dims& d) {
   return Net<T>{w_ih0.const_data_ptr<T>(), w_ih.const_data_ptr<T>(), w_hh.const_data_ptr<T>(), b.const_data_ptr<T>(),
-                w_out.const_data_ptr<T>(), b_out.item<T>(), scale.item<T>(), d.F, d.H, d.L};
+                w_out.const_data_ptr<T>(), *b_out.const_data_ptr<T>(), *scale.const_data_ptr<T>(), d.F, d.H, d.L};
 }
 
 at::Tensor run_forward(const char* op, const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,

@@ -203,3 +203,46 @@ def test_bad_multiply_and_state_out():
         meta_lstm(x, h, c, *params, state_out=(h, torch.empty_like(c)))
     with pytest.raises(ValueError, match="h must be contiguous"):
         meta_lstm_(x, h.transpose(1, 2).contiguous().transpose(1, 2), c, *[p.detach() for p in params])
+
+
+def _compare_with_ref(x, h, c, params, mult, grads, dtype):
+    inputs = [x, h, c, *params] + ([mult] if mult is not None else [])
+    got = meta_lstm(x, h, c, *params, multiply=mult)
+    want = meta_lstm_ref(x, h, c, *params, mult)
+    for name, a, b in zip(["out", "h_new", "c_new"], got, want):
+        torch.testing.assert_close(a, b, **tol(dtype), msg=lambda s: f"{name}: {s}")
+    g_k = torch.autograd.grad(got, inputs, grads, allow_unused=True)
+    g_r = torch.autograd.grad(want, inputs, grads, allow_unused=True)
+    for a, b in zip(g_k, g_r):
+        if b is None:  # w_ih with L == 1 is unused by the reference
+            assert a is None or a.numel() == 0 or bool((a == 0).all())
+            continue
+        scale = 1.0 + b.abs().max().item()
+        torch.testing.assert_close(a, b, atol=tol(dtype)["atol"] * scale, rtol=tol(dtype)["rtol"])
+
+
+@pytest.mark.parametrize("gain", [1.0, 8.0], ids=["plain", "saturated"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_wide_input_over_several_tiles(dtype, gain):
+    """F = 300 is multiplied in feature blocks (128, 128, 44) over all units; N = 130 spans three fp32 tiles (the
+    last with 2 rows); gain 8 drives the gate pre-activations to +-30, where sigmoid and tanh saturate."""
+    x, h, c, params, m, grads = _setup(130, 300, 20, 2, dtype, seed=5)
+    with torch.no_grad():
+        for p in params[:3]:
+            p.mul_(gain)
+    _compare_with_ref(x, h, c, params, m, grads, dtype)
+
+
+def test_small_call_after_larger_and_nan_calls():
+    """The per-thread tile scratch is reused across calls without clearing: a call with NaN inputs and a larger
+    shape must not leak into a later call's padding rows (which feed the weight-gradient sums)."""
+    x, h, c, params, m, grads = _setup(150, 200, 24, 3, torch.float32, seed=1)
+    with torch.no_grad():
+        x[::2] = float("nan")
+        h[:, :, 1::3] = float("nan")
+    out, h1, c1 = meta_lstm(x, h, c, *params, multiply=m)
+    torch.autograd.grad((out, h1, c1), [x, h, c, *params], grads)
+    assert torch.isnan(out).any()
+    for shape in [(3, 4, 8, 1), (70, 200, 24, 3), (1, 5, 12, 2)]:
+        x, h, c, params, m, grads = _setup(*shape, torch.float32, seed=2)
+        _compare_with_ref(x, h, c, params, m, grads, torch.float32)
