@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cltk._config import ConfigChecks
 from cltk.ops.metalstm import meta_lstm, meta_lstm_init
 
 __all__ = ["L2RConfig", "L2RMetaLearner", "STUDENT_LAYERS", "META_LAYERS", "student_init", "student_forward",
@@ -74,7 +75,7 @@ META_LAYERS = [s for s in STUDENT_LAYERS if s[1] != "linear"]
 # --------------------------------------------------------------------------------------------------- config
 
 @dataclass
-class L2RConfig:
+class L2RConfig(ConfigChecks):
     """Meta-learner and meta-training settings ("paper": Xiong et al. 2019; "cltk": chosen for a CPU-minute run).
 
     * ``variant`` ``"synapse"`` (cltk, fused kernel) or ``"neuron"`` (paper); ``hidden`` 16 for the synapse
@@ -118,33 +119,18 @@ class L2RConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def _num(self, name: str) -> float:
-        v = getattr(self, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"L2RConfig.{name} must be a finite number, got {v!r}")
-        return float(v)
-
-    def _positive(self, name: str) -> None:
-        if self._num(name) <= 0:
-            raise ValueError(f"L2RConfig.{name} must be > 0, got {getattr(self, name)!r}")
-
-    def _int(self, name: str, minimum: int) -> None:
-        v = getattr(self, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError(f"L2RConfig.{name} must be an integer >= {minimum}, got {v!r}")
-
     def validate(self) -> None:
         if self.variant not in ("synapse", "neuron"):
             raise ValueError(f"L2RConfig.variant must be 'synapse' or 'neuron', got {self.variant!r}")
         for n in ("hidden", "hidden_conv", "hidden_norm", "lstm_layers", "batch_size", "trunc_start", "trunc_max",
                   "trunc_every", "threshold_every", "inner_steps"):
-            self._int(n, 1)
-        self._int("meta_steps", 0)
-        self._int("seed", 0)
+            self.check_int(n, 1)
+        self.check_int("meta_steps", 0)
+        self.check_int("seed", 0)
         for n in ("init_scale", "lr", "meta_lr", "grad_clip", "huber_scale", "huber_delta", "threshold_start",
                   "threshold_max"):
-            self._positive(n)
-        if self._num("threshold_growth") < 1.0:
+            self.check_positive(n)
+        if self._value("threshold_growth") < 1.0:
             raise ValueError(f"L2RConfig.threshold_growth must be >= 1, got {self.threshold_growth!r}")
         if self.trunc_max < self.trunc_start:
             raise ValueError(f"L2RConfig.trunc_max must be >= trunc_start = {self.trunc_start}, got {self.trunc_max}")
