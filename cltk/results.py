@@ -69,14 +69,14 @@ class RunResult:
     def summary(self) -> dict[str, float]:
         """ACC, BWT, FWT, forgetting (see :mod:`cltk.metrics`), readout (mean over tasks of the readout accuracy
         after the last task), time_s (total wall time of training and evaluation), time_per_task_s (its mean over
-        tasks), params_per_task (mean over tasks of the parameters each task adds; NaN when unknown)."""
+        tasks; 0 without tasks), params_per_task (mean over tasks of the parameters each task adds; only when every
+        task's count is known)."""
         last = self.readout[-1] if self.readout else None
         out = metrics.summarize(self.R, self.b, last)
         out["time_s"] = float(sum(self.task_time_s))
-        out["time_per_task_s"] = float(np.mean(self.task_time_s)) if self.task_time_s else math.nan
-        known = [p for p in self.params_per_task if p is not None]
-        out["params_per_task"] = (float(np.mean(known)) if known and len(known) == len(self.params_per_task)
-                                  else math.nan)
+        out["time_per_task_s"] = float(np.mean(self.task_time_s)) if self.task_time_s else 0.0
+        if self.params_per_task and None not in self.params_per_task:
+            out["params_per_task"] = float(np.mean(self.params_per_task))
         return out
 
     def to_dict(self) -> dict:
@@ -99,7 +99,7 @@ class RunResult:
                 **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
                 "peak_rss_mb": max(self.task_peak_rss_mb, default=0.0),
                 "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0),
-                "time_per_task_s": s["time_per_task_s"], "params_per_task": s["params_per_task"]}
+                "time_per_task_s": s["time_per_task_s"], "params_per_task": s.get("params_per_task", math.nan)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -139,7 +139,7 @@ def aggregate(runs: Iterable[RunResult]) -> list[dict]:
     for (m, bench, sc), sums in groups.items():
         row: dict[str, Any] = {"method": m, "benchmark": bench, "scenario": sc, "n_seeds": len(sums)}
         for k in METRICS:
-            vals = np.array([s[k] for s in sums], dtype=np.float64)
+            vals = np.array([s.get(k, math.nan) for s in sums], dtype=np.float64)
             if np.all(np.isnan(vals)):
                 row[k + "_mean"], row[k + "_std"] = math.nan, math.nan
             else:
