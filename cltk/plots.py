@@ -112,6 +112,22 @@ def _base_name(label: str) -> str:
     return label.split("(", 1)[0]
 
 
+def _short(v) -> str:
+    return "x".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _member_labels(labels: list[str], runs: Sequence[RunResult]) -> dict[str, str]:
+    """The config values that tell the configurations of one method apart, e.g. ``{"awm": "4x4", ...}``."""
+    configs = {lab: next((r.config for r in runs if r.method == lab), {}) for lab in labels}
+    keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
+            if len({repr(c.get(k)) for c in configs.values()}) > 1]
+    if not keys:
+        return {lab: lab for lab in labels}
+    if len(keys) == 1:
+        return {lab: _short(c.get(keys[0])) for lab, c in configs.items()}
+    return {lab: ",".join(f"{k}={_short(c.get(k))}" for k in keys) for lab, c in configs.items()}
+
+
 def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]:
     """``acc_vs_params.png``: ACC against parameters added per task; None (no file) when no run records them."""
     import math
@@ -134,13 +150,13 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
             color = f"C{k % 10}"
             ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
                         markersize=5, label=fam)
+            labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
             for r in members:
-                text = r["method"][len(fam):].strip("()") if len(members) > 1 else r["method"]
-                text = text.replace("resolution=", "")
+                text = labels.get(r["method"], r["method"])
                 ax.annotate(text, (r["params_per_task_mean"], r["acc_mean"]), textcoords="offset points",
                             xytext=(4, 5), fontsize=7, color=color)
         ax.set_xscale("symlog", linthresh=1000)
-        ax.set_xlim(left=0)
+        ax.set_xlim(left=-300)
         ax.set_xlabel("parameters added per task (symlog)")
         ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
         n = max(r["n_seeds"] for r in mine)
