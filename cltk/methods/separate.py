@@ -28,6 +28,8 @@ class PerTaskModels(nn.Module):
     def __init__(self, model: nn.Module, n_tasks: int) -> None:
         super().__init__()
         self.nets = nn.ModuleList(copy.deepcopy(model) for _ in range(n_tasks))
+        if not callable(getattr(model, "features", None)):
+            self.features = None     # the copies have no features (e.g. MultiHeadNet): no readout either
 
     def _route(self, fn: str, x: Tensor, t: Tensor) -> Tensor:
         if t.shape != (x.shape[0],):

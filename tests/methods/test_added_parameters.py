@@ -67,3 +67,11 @@ def test_the_task_optimizer_trains_exactly_the_added_parameters(stream, name):
 
 def test_a_method_that_does_not_say_returns_none(stream):
     assert get_method("si").added_parameters(0) is None
+
+
+def test_separate_copies_of_a_multi_head_network_run_with_the_readout_switched_on(stream):
+    """MultiHeadNet has no ``features``: the copies offer none, so the loop skips the readout instead of failing."""
+    from cltk.loop import run
+    r = run(get_method("separate"), build_task_model(stream), stream, iters_per_task=1, batch_size=8,
+            readout=True, progress=False)
+    assert r.readout == [] and len(r.R) == 2
