@@ -159,9 +159,9 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
         ax.set_xlim(left=-300)
         ax.set_xlabel("parameters added per task (symlog)")
         ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
-        n = max(r["n_seeds"] for r in mine)
-        ax.set_title(f"{sc}-IL: accuracy vs parameters added per task ({n} seed{'s' if n != 1 else ''})",
-                     fontsize=9)
+        lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)
+        seeds = f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds per method"
+        ax.set_title(f"{sc}-IL: accuracy vs parameters added per task ({seeds})", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     return _save(fig, os.path.join(out_dir, "acc_vs_params.png"))
