@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, Optional, Sequence
 
-__all__ = ["main", "build_parser", "parse_overrides"]
+__all__ = ["main", "build_parser", "parse_overrides", "parse_method_spec"]
 
 
 class CLIError(Exception):
@@ -63,9 +63,12 @@ def _parse_typed(text: str, tp: Any) -> Any:
         raise ValueError("; ".join(errors) or f"cannot parse {text!r}")
     if origin in (tuple, list):
         (inner, *_rest) = typing.get_args(tp) or (str,)
-        items = [s for s in text.split(",") if s.strip()]
+        items = [s for s in _strip_brackets(text).split(",") if s.strip()]
         vals = [_parse_typed(s, inner) for s in items]
         return tuple(vals) if origin is tuple else vals
+    if tp in (tuple, list):           # a bare ``tuple`` / ``list`` annotation: numbers where they parse
+        vals = [_parse_scalar(s.strip()) for s in _strip_brackets(text).split(",") if s.strip()]
+        return tuple(vals) if tp is tuple else vals
     if tp is bool:
         return _parse_bool(text)
     if tp is int:
@@ -81,6 +84,23 @@ def _parse_typed(text: str, tp: Any) -> Any:
     if tp is str or tp is Any:
         return text
     raise ValueError(f"fields of type {tp!r} cannot be set from the command line")
+
+
+def _strip_brackets(text: str) -> str:
+    """``"[8,8]"`` / ``"(8, 8)"`` -> ``"8,8"`` / ``"8, 8"``; anything else unchanged."""
+    t = text.strip()
+    if len(t) >= 2 and (t[0], t[-1]) in (("[", "]"), ("(", ")")):
+        return t[1:-1]
+    return text
+
+
+def _parse_scalar(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
 
 
 def parse_overrides(items: Sequence[str], config_cls: type, what: str = "--set") -> dict[str, Any]:
@@ -103,6 +123,55 @@ def parse_overrides(items: Sequence[str], config_cls: type, what: str = "--set")
         except ValueError as e:
             raise ValueError(f"{what} {key}={value}: {e}") from None
     return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split ``text`` at the commas outside brackets: ``"awm:resolution=[8,8],ewc"`` -> two items."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [s.strip() for s in out if s.strip()]
+
+
+def _label_value(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return "x".join(_label_value(x) for x in v)
+    return str(v)
+
+
+def parse_method_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``"name[:field=value[:field=value]...]"`` -> ``(label, name, overrides)``.
+
+    Each value is parsed with the type of the method config's field (as ``--set``). The label names the method and
+    its overrides, e.g. ``awm:resolution=[8,8]`` -> ``awm(resolution=8x8)``; a plain name is its own label.
+    Raises ValueError naming the spec for an unknown method, an unknown field, a malformed item or a bad value
+    (including one the config's ``validate()`` refuses).
+    """
+    from cltk.methods import method_class
+
+    name, *items = [s.strip() for s in spec.split(":")]
+    try:
+        cls = method_class(name)
+    except ValueError as e:
+        raise ValueError(f"method spec {spec!r}: {e}") from None
+    if not items:
+        return name, name, {}
+    try:
+        overrides = parse_overrides(items, cls.Config, what="field")
+        cls.Config(**overrides)
+    except ValueError as e:
+        raise ValueError(f"method spec {spec!r}: {e}") from None
+    label = f"{name}(" + ",".join(f"{k}={_label_value(v)}" for k, v in overrides.items()) + ")"
+    return label, name, overrides
 
 
 def _split_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
@@ -150,7 +219,7 @@ def _parse_model_kwargs(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _csv_list(text: Optional[str], what: str) -> list[str]:
-    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    items = _split_top_level(text or "")
     if not items:
         raise CLIError(f"{what} needs at least one name, got {text!r}")
     return list(dict.fromkeys(items))
@@ -230,15 +299,25 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
+def _fmt_count(n: Optional[float]) -> str:
+    import math
+    if n is None or math.isnan(n):
+        return "-"
+    return f"{n:,.0f}"
+
+
 def format_table(rows: list[dict]) -> str:
     """The mean ± std table of :func:`cltk.results.aggregate` rows, grouped by scenario."""
-    head = ["scenario", "method", "seeds", "ACC", "BWT", "FWT", "forgetting", "readout", "time (s)"]
+    head = ["scenario", "method", "seeds", "ACC", "BWT", "FWT", "forgetting", "readout", "time (s)", "s/task",
+            "params/task"]
     body = []
     for r in rows:
         body.append([f"{r['scenario']}-IL", r["method"], str(r["n_seeds"]),
                      _fmt(r["acc_mean"], r["acc_std"]), _fmt(r["bwt_mean"], r["bwt_std"]),
                      _fmt(r["fwt_mean"], r["fwt_std"]), _fmt(r["forgetting_mean"], r["forgetting_std"]),
-                     _fmt(r["readout_mean"], r["readout_std"]), _fmt(r["time_s_mean"], r["time_s_std"], digits=1)])
+                     _fmt(r["readout_mean"], r["readout_std"]), _fmt(r["time_s_mean"], r["time_s_std"], digits=1),
+                     _fmt(r.get("time_per_task_s_mean"), r.get("time_per_task_s_std"), digits=1),
+                     _fmt_count(r.get("params_per_task_mean"))])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
@@ -255,7 +334,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     from cltk.loop import run
     from cltk.methods import method_class
     from cltk.models import MODELS, build_model
-    from cltk.results import aggregate, safe_name, write_csv, write_json
+    from cltk.results import aggregate, safe_name, write_csv, write_json, write_summary_csv
     from cltk.streams.base import SCENARIOS
     from cltk.streams.builders import make_stream
 
@@ -269,7 +348,14 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     if batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {batch_size}")
     _check_out(out)
-    classes = {m: method_class(m) for m in methods}      # ValueError names unknown methods
+    specs = {}                                           # label -> (registered name, spec overrides)
+    for spec in methods:
+        label, name, overrides = parse_method_spec(spec)  # ValueError names the spec
+        if label in specs:
+            raise CLIError(f"method {label!r} is selected twice")
+        specs[label] = (name, overrides)
+    classes = {m: method_class(name) for m, (name, _) in specs.items()}
+    methods = list(specs)
     skip: set[tuple[str, str]] = set()     # (method, scenario) pairs a comparison leaves out
     for m, cls in classes.items():
         bad = [sc for sc in scenarios if sc not in cls.scenarios]
@@ -287,6 +373,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         base = {k: v for k, v in config.items() if k in names}
         mine = [item for key, item in pairs if key in names]
         base.update(parse_overrides(mine, cls.Config))
+        base.update(specs[m][1])                         # the spec's own fields win over --set and the preset
         configs[m] = cls.Config(**base)                  # validate() raises ValueError naming the field
     for key, item in pairs:
         if not any(key in {f.name for f in dataclasses.fields(c.Config)} for c in classes.values()):
@@ -349,6 +436,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
                         checkpoint_every=args.checkpoint_every, resume=args.resume,
                         keep_checkpoints=args.keep_checkpoints)
                 r.model = model
+                r.method = m
+                r.params_per_task = [_added_parameters(method, i) for i in range(len(stream.tasks))]
                 runs.append(r)
                 done += 1
                 s = r.summary()
@@ -357,6 +446,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
                 if out and main:
                     write_json(os.path.join(out, "results.json"), runs, meta)
                     write_csv(os.path.join(out, "results.csv"), runs)
+                    write_summary_csv(os.path.join(out, "summary.csv"), runs)
     say()
     say(format_table(aggregate(runs)))
     say(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
@@ -364,8 +454,14 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         from cltk.plots import plot_all
         paths = plot_all(runs, out)
         figures = ", ".join(os.path.basename(p) for p in paths)
-        print(f"wrote {os.path.join(out, 'results.json')}, results.csv, {figures}")
+        print(f"wrote {os.path.join(out, 'results.json')}, results.csv, summary.csv, {figures}")
     return 0
+
+
+def _added_parameters(method: Any, task: int) -> Optional[int]:
+    """``method.added_parameters(task)`` where the method defines it (None otherwise)."""
+    fn = getattr(method, "added_parameters", None)
+    return None if fn is None else fn(task)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

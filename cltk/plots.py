@@ -2,6 +2,9 @@
 
 ``accuracy_matrix_<method>.png``: one heatmap per scenario of the seed-mean ``R[i][j]``.
 ``summary.png``: one panel per scenario, bars of ACC, BWT, FWT and readout per method with the std over seeds.
+``acc_vs_params.png`` (when the runs record the parameters each task adds): ACC (mean ± std over seeds) against the
+parameters added per task, one panel per scenario; the configurations of one method (``awm(resolution=8x8)``, ...)
+are joined by a line, other methods are single points (symmetric-log axis, so methods that add 0 appear at 0).
 Files are written atomically (rendered to a temporary file in the same folder, then ``os.replace``) and their
 names are reduced to safe characters.
 """
@@ -9,13 +12,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from cltk.results import RunResult, aggregate, safe_name
 
-__all__ = ["plot_accuracy_matrices", "plot_summary", "plot_all"]
+__all__ = ["plot_accuracy_matrices", "plot_summary", "plot_acc_vs_params", "plot_all"]
 
 
 def _pyplot():
@@ -104,5 +107,66 @@ def plot_summary(runs: Sequence[RunResult], out_dir: str) -> str:
     return _save(fig, os.path.join(out_dir, "summary.png"))
 
 
+def _base_name(label: str) -> str:
+    """``awm(resolution=8x8)`` -> ``awm``."""
+    return label.split("(", 1)[0]
+
+
+def _short(v) -> str:
+    return "x".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def _member_labels(labels: list[str], runs: Sequence[RunResult]) -> dict[str, str]:
+    """The config values that tell the configurations of one method apart, e.g. ``{"awm": "4x4", ...}``."""
+    configs = {lab: next((r.config for r in runs if r.method == lab), {}) for lab in labels}
+    keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
+            if len({repr(c.get(k)) for c in configs.values()}) > 1]
+    if not keys:
+        return {lab: lab for lab in labels}
+    if len(keys) == 1:
+        return {lab: _short(c.get(keys[0])) for lab, c in configs.items()}
+    return {lab: ",".join(f"{k}={_short(c.get(k))}" for k in keys) for lab, c in configs.items()}
+
+
+def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]:
+    """``acc_vs_params.png``: ACC against parameters added per task; None (no file) when no run records them."""
+    import math
+    rows = [r for r in aggregate(runs) if not math.isnan(r["params_per_task_mean"])]
+    if not rows:
+        return None
+    plt = _pyplot()
+    scen = list(dict.fromkeys(r["scenario"] for r in rows))
+    fig, axes = plt.subplots(1, len(scen), figsize=(6.4 * len(scen), 4.4), squeeze=False)
+    for ax, sc in zip(axes[0], scen):
+        mine = [r for r in rows if r["scenario"] == sc]
+        families: dict[str, list[dict]] = {}
+        for r in mine:
+            families.setdefault(_base_name(r["method"]), []).append(r)
+        for k, (fam, members) in enumerate(families.items()):
+            members = sorted(members, key=lambda r: r["params_per_task_mean"])
+            xs = [r["params_per_task_mean"] for r in members]
+            ys = [r["acc_mean"] for r in members]
+            es = [r["acc_std"] for r in members]
+            color = f"C{k % 10}"
+            ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
+                        markersize=5, label=fam)
+            labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
+            for r in members:
+                text = labels.get(r["method"], r["method"])
+                ax.annotate(text, (r["params_per_task_mean"], r["acc_mean"]), textcoords="offset points",
+                            xytext=(4, 5), fontsize=7, color=color)
+        ax.set_xscale("symlog", linthresh=1000)
+        ax.set_xlim(left=-300)
+        ax.set_xlabel("parameters added per task (symlog)")
+        ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
+        lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)
+        seeds = f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds per method"
+        ax.set_title(f"{sc}-IL: accuracy vs parameters added per task ({seeds})", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, os.path.join(out_dir, "acc_vs_params.png"))
+
+
 def plot_all(runs: Sequence[RunResult], out_dir: str) -> list[str]:
-    return plot_accuracy_matrices(runs, out_dir) + [plot_summary(runs, out_dir)]
+    extra = plot_acc_vs_params(runs, out_dir)
+    return plot_accuracy_matrices(runs, out_dir) + [plot_summary(runs, out_dir)] + ([extra] if extra else [])

@@ -9,7 +9,9 @@
     all three scenarios; finetune, joint, EWC, online EWC, SI, LwF, ER, A-GEM, DER++ and iCaRL (iCaRL is left out
     of domain-IL, which it does not support).
 ``awm``
-    Adaptive Weight Modulation against its baselines on the pretrained EfficientNet-Lite0 (about 40 CPU-minutes).
+    Adaptive Weight Modulation (grids (4, 4), and the resolution sweep ``awm:resolution=[2,2]``, ``[8,8]``,
+    ``[16,16]``) against Piggyback, EWC, fine-tuning, the linear probe and separate copies on the pretrained
+    EfficientNet-Lite0, task-IL, 3 seeds, 200 steps of 32 images per task (docs/methods_awm.md).
 ``text``
     The MiniLM-L6 text sequence with the MIGU and LoRA-family methods (about an hour of CPU time).
 ``attention-meta``
@@ -34,7 +36,7 @@ __all__ = ["Preset", "PRESETS", "get_preset"]
 @dataclass(frozen=True)
 class Preset:
     description: str
-    methods: tuple[str, ...]
+    methods: tuple[str, ...]       # names or method specs ``name:field=value[:field=value]`` (cltk.cli)
     benchmark: str
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -57,9 +59,11 @@ PRESETS: dict[str, Preset] = {
         benchmark="split-mnist5k", scenarios=("task", "domain", "class"),
         seeds=(0, 1, 2, 3, 4), iters=2000, config={"optimizer": "adam", "lr": 1e-3}),
     "awm": Preset(
-        description="AWM vs Piggyback, EWC, fine-tuning, linear probe and separate copies on a frozen/fine-tuned "
-                    "EfficientNet-Lite0 (ImageNet weights), MNIST-5k/Fashion-MNIST halves at 32x32, task-IL, 3 seeds",
-        methods=("awm", "piggyback", "ewc", "finetune", "linear-probe", "separate"), benchmark="mnist5k-fmnist-halves",
+        description="AWM (grids 4x4, and the 2x2, 8x8, 16x16 sweep) vs Piggyback, EWC, fine-tuning, linear probe and "
+                    "separate copies on a frozen/fine-tuned EfficientNet-Lite0 (ImageNet weights), MNIST-5k/"
+                    "Fashion-MNIST halves at 32x32, task-IL, 3 seeds",
+        methods=("awm", "awm:resolution=[2,2]", "awm:resolution=[8,8]", "awm:resolution=[16,16]", "piggyback", "ewc",
+                 "finetune", "linear-probe", "separate"), benchmark="mnist5k-fmnist-halves",
         scenarios=("task",), seeds=(0, 1, 2), iters=200, model="efficientnet-lite0", batch_size=32),
     "text": Preset(
         description="continual fine-tuning of pretrained MiniLM-L6 on BBC topic, drug sentiment, drug condition "

@@ -19,12 +19,13 @@ import numpy as np
 from cltk import metrics
 from cltk.checkpoint import atomic_write_bytes
 
-__all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", "read_json", "aggregate",
-           "CSV_COLUMNS", "METRICS"]
+__all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", "write_summary_csv", "read_json",
+           "aggregate", "CSV_COLUMNS", "METRICS"]
 
-METRICS = ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")
+METRICS = ("acc", "bwt", "fwt", "forgetting", "readout", "time_s", "time_per_task_s", "params_per_task")
 CSV_COLUMNS = ("method", "benchmark", "scenario", "seed", "model", "iters_per_task", "batch_size", "acc", "bwt",
-               "fwt", "forgetting", "readout", "time_s", "peak_rss_mb", "peak_cuda_mb")
+               "fwt", "forgetting", "readout", "time_s", "peak_rss_mb", "peak_cuda_mb", "time_per_task_s",
+               "params_per_task")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
@@ -44,6 +45,8 @@ class RunResult:
     (NaN for j > i); empty when the model has no ``features``.
     ``task_time_s[i]``, ``task_peak_rss_mb[i]`` (growth of the process's resident high-water mark during task i),
     ``task_peak_cuda_mb[i]`` (``torch.cuda.max_memory_allocated`` during task i; 0 on CPU).
+    ``params_per_task[i]``: the trainable parameters task i adds to the model (``Method.added_parameters``; None
+    where the method does not say; empty in results written before it was recorded).
     """
 
     method: str
@@ -61,13 +64,19 @@ class RunResult:
     task_peak_cuda_mb: list[float] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
+    params_per_task: list = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
         """ACC, BWT, FWT, forgetting (see :mod:`cltk.metrics`), readout (mean over tasks of the readout accuracy
-        after the last task), time_s (total wall time of training and evaluation)."""
+        after the last task), time_s (total wall time of training and evaluation), time_per_task_s (its mean over
+        tasks; 0 without tasks), params_per_task (mean over tasks of the parameters each task adds; only when every
+        task's count is known)."""
         last = self.readout[-1] if self.readout else None
         out = metrics.summarize(self.R, self.b, last)
         out["time_s"] = float(sum(self.task_time_s))
+        out["time_per_task_s"] = float(np.mean(self.task_time_s)) if self.task_time_s else 0.0
+        if self.params_per_task and None not in self.params_per_task:
+            out["params_per_task"] = float(np.mean(self.params_per_task))
         return out
 
     def to_dict(self) -> dict:
@@ -89,7 +98,8 @@ class RunResult:
                 "model": self.model, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
                 **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
                 "peak_rss_mb": max(self.task_peak_rss_mb, default=0.0),
-                "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0)}
+                "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0),
+                "time_per_task_s": s["time_per_task_s"], "params_per_task": s.get("params_per_task", math.nan)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -116,24 +126,72 @@ def atomic_write(path: str, data: "str | bytes") -> str:
 def aggregate(runs: Iterable[RunResult]) -> list[dict]:
     """Mean and (sample std, ddof=1; 0 for a single run) std over seeds per (method, benchmark, scenario).
 
-    Each row: method, benchmark, scenario, n_seeds, and ``<metric>_mean`` / ``<metric>_std`` for :data:`METRICS`.
+    Each row: method, benchmark, scenario, n_seeds, ``<metric>_mean`` / ``<metric>_std`` for :data:`METRICS`, and
+    per task j (lists over tasks): ``task_acc_mean`` / ``task_acc_std`` (accuracy on task j after the last task,
+    ``R[-1][j]``), ``task_time_s_mean`` and ``task_params_mean`` (None where unknown).
     """
     groups: dict[tuple[str, str, str], list[dict]] = {}
+    members: dict[tuple[str, str, str], list[RunResult]] = {}
     for r in runs:
         groups.setdefault((r.method, r.benchmark, r.scenario), []).append(r.summary())
+        members.setdefault((r.method, r.benchmark, r.scenario), []).append(r)
     rows = []
     for (m, bench, sc), sums in groups.items():
         row: dict[str, Any] = {"method": m, "benchmark": bench, "scenario": sc, "n_seeds": len(sums)}
         for k in METRICS:
-            vals = np.array([s[k] for s in sums], dtype=np.float64)
+            vals = np.array([s.get(k, math.nan) for s in sums], dtype=np.float64)
             if np.all(np.isnan(vals)):
                 row[k + "_mean"], row[k + "_std"] = math.nan, math.nan
             else:
                 vals = vals[~np.isnan(vals)]
                 row[k + "_mean"] = float(vals.mean())
                 row[k + "_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        row.update(_per_task(members[(m, bench, sc)]))
         rows.append(row)
     return rows
+
+
+def _per_task(runs: Sequence[RunResult]) -> dict[str, list]:
+    """Seed means (and stds) per task of the final accuracies, the task times and the parameters added."""
+    def mean_std(lists: list[list[float]]) -> tuple[list[float], list[float]]:
+        n = min((len(x) for x in lists), default=0)
+        a = np.array([x[:n] for x in lists], dtype=np.float64).reshape(len(lists), n)
+        std = a.std(axis=0, ddof=1) if len(lists) > 1 else np.zeros(n)
+        return [float(v) for v in a.mean(axis=0)], [float(v) for v in std]
+
+    acc_mean, acc_std = mean_std([list(r.R[-1]) if r.R else [] for r in runs])
+    time_mean, _ = mean_std([list(r.task_time_s) for r in runs])
+    params = [list(r.params_per_task) for r in runs]
+    if params and all(p and None not in p for p in params):
+        params_mean: list = mean_std(params)[0]
+    else:
+        params_mean = []
+    return {"task_acc_mean": acc_mean, "task_acc_std": acc_std, "task_time_s_mean": time_mean,
+            "task_params_mean": params_mean}
+
+
+def write_summary_csv(path: str, runs: Sequence[RunResult]) -> str:
+    """One row per (method, benchmark, scenario): n_seeds, mean and std over seeds of ACC, BWT, forgetting, the
+    time and the parameters added per task, then per task j the final accuracy ``task<j>_acc_mean`` /
+    ``task<j>_acc_std`` and ``task<j>_time_s_mean``."""
+    rows = aggregate(runs)
+    n = max((len(r["task_acc_mean"]) for r in rows), default=0)
+    keys = ["acc", "bwt", "fwt", "forgetting", "readout", "time_s", "time_per_task_s", "params_per_task"]
+    cols = ["method", "benchmark", "scenario", "n_seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")]
+    cols += [f"task{j}_{k}" for j in range(n) for k in ("acc_mean", "acc_std", "time_s_mean")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        out = {c: r.get(c) for c in cols[:4 + 2 * len(keys)]}
+        for j in range(len(r["task_acc_mean"])):
+            out[f"task{j}_acc_mean"] = r["task_acc_mean"][j]
+            out[f"task{j}_acc_std"] = r["task_acc_std"][j]
+        for j in range(len(r["task_time_s_mean"])):
+            out[f"task{j}_time_s_mean"] = r["task_time_s_mean"][j]
+        w.writerow({k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else
+                        (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in out.items()})
+    return atomic_write(path, buf.getvalue())
 
 
 def write_json(path: str, runs: Sequence[RunResult], meta: Optional[dict] = None) -> str:

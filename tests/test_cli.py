@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cltk.cli import parse_overrides
+from cltk.cli import _csv_list, parse_method_spec, parse_overrides
 from cltk.methods.finetune import FinetuneConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +80,15 @@ BAD = {
     "zero --keep-checkpoints": (RUN + ["--method", "finetune", "--out", "o", "--keep-checkpoints", "0"],
                                 "--keep-checkpoints must be >= 1"),
     "--resume without --out": (RUN + ["--method", "finetune", "--resume"], "need --out"),
+    "spec: unknown method": (["compare", "--methods", "finetune,nope:lr=0.1"], "method spec 'nope:lr=0.1': unknown"),
+    "spec: unknown field": (["compare", "--methods", "awm:resolutoin=[8,8]"],
+                            "method spec 'awm:resolutoin=[8,8]': field resolutoin: AWMConfig has no field"),
+    "spec: bad value": (["compare", "--methods", "finetune:lr=fast"], "method spec 'finetune:lr=fast': field lr=fast"),
+    "spec: refused value": (["compare", "--methods", "awm:resolution=[0,4]"],
+                            "method spec 'awm:resolution=[0,4]': AWMConfig.resolution must be"),
+    "spec: item without =": (["compare", "--methods", "awm:resolution"], "method spec 'awm:resolution'"),
+    "spec: the same twice": (["compare", "--methods", "finetune:lr=0.1,finetune:lr=1e-1"], "selected twice"),
+    "run with a bad spec": (RUN + ["--method", "ewc:lamda=x"], "method spec 'ewc:lamda=x'"),
 }
 
 
@@ -153,7 +162,8 @@ def test_run_writes_results_and_figures(tmp_path):
              "0,1", "--iters", "5", "--no-progress", "--set", "lr=0.01", "--out", str(out), *TINY, tmp_path=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "class-IL" in p.stdout and "finetune" in p.stdout and "±" in p.stdout
-    assert sorted(os.listdir(out)) == ["accuracy_matrix_finetune.png", "results.csv", "results.json", "summary.png"]
+    assert sorted(os.listdir(out)) == ["acc_vs_params.png", "accuracy_matrix_finetune.png", "results.csv",
+                                       "results.json", "summary.csv", "summary.png"]
     doc = json.load(open(out / "results.json"))
     assert [r["seed"] for r in doc["runs"]] == [0, 1] and doc["runs"][0]["config"]["lr"] == 0.01
     assert doc["runs"][0]["iters_per_task"] == 5 and len(doc["runs"][0]["R"]) == 2
@@ -195,3 +205,48 @@ def test_parse_overrides_uses_the_field_types():
         parse_overrides(["nope=1"], FinetuneConfig)
     with pytest.raises(ValueError, match="expected a number"):
         parse_overrides(["lr=fast"], FinetuneConfig)
+
+
+def test_method_specs_parse_with_the_field_types_and_label_the_configuration():
+    assert parse_method_spec("awm") == ("awm", "awm", {})
+    assert parse_method_spec("awm:resolution=[8,8]") == ("awm(resolution=8x8)", "awm", {"resolution": (8, 8)})
+    assert parse_method_spec("awm:resolution=16,2:lr=0.05:fused=false") == (
+        "awm(resolution=16x2,lr=0.05,fused=False)", "awm", {"resolution": (16, 2), "lr": 0.05, "fused": False})
+    assert parse_method_spec("ewc:lambda_=100") == ("ewc(lambda_=100.0)", "ewc", {"lambda_": 100.0})
+    assert _csv_list("awm:resolution=[8,8], ewc ,awm:resolution=(2,2)", "--methods") == [
+        "awm:resolution=[8,8]", "ewc", "awm:resolution=(2,2)"]
+    for spec, needle in [("nope:x=1", "unknown method 'nope'"), ("awm:nope=1", "has no field 'nope'"),
+                         ("awm:lr=abc", "expected a number"), ("awm:lr=-1", "lr must be > 0"),
+                         ("awm:resolution=[1,2,3]", "resolution must be two integers"), ("awm:=3", "field=value")]:
+        with pytest.raises(ValueError, match="method spec") as e:
+            parse_method_spec(spec)
+        assert needle in str(e.value) and repr(spec) in str(e.value)
+
+
+def test_compare_holds_several_configurations_of_one_method(tmp_path):
+    """Two finetune configurations in one run: distinct labels and configs in every result file and figure."""
+    out = tmp_path / "out"
+    p = cltk("compare", "--methods", "finetune,finetune:lr=0.01:optimizer=sgd", "--scenarios", "task", "--seeds",
+             "0,1", "--iters", "3", "--out", str(out), "--no-progress", "--no-readout", *TINY, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    label = "finetune(lr=0.01,optimizer=sgd)"
+    assert label in p.stdout and "params/task" in p.stdout and "s/task" in p.stdout
+    doc = json.load(open(out / "results.json"))
+    runs = {(r["method"], r["seed"]): r for r in doc["runs"]}
+    assert sorted(runs) == [("finetune", 0), ("finetune", 1), (label, 0), (label, 1)]
+    assert runs[(label, 0)]["config"]["lr"] == 0.01 and runs[(label, 0)]["config"]["optimizer"] == "sgd"
+    assert runs[("finetune", 0)]["config"]["lr"] == 0.001 and runs[("finetune", 0)]["config"]["optimizer"] == "adam"
+    assert runs[(label, 1)]["params_per_task"] == [0, 0]
+    assert runs[(label, 0)]["R"] != runs[("finetune", 0)]["R"]     # a different configuration ran
+    summary = {r["method"]: r for r in doc["summary"]}
+    assert set(summary) == {"finetune", label} and summary[label]["n_seeds"] == 2
+    assert summary[label]["params_per_task_mean"] == 0.0 and len(summary[label]["task_acc_mean"]) == 2
+    assert summary[label]["time_per_task_s_mean"] > 0 and len(summary[label]["task_time_s_mean"]) == 2
+    assert sorted(r["method"] for r in csv.DictReader(open(out / "results.csv"))) == [
+        "finetune", "finetune", label, label]
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert set(rows) == {"finetune", label} and float(rows[label]["params_per_task_mean"]) == 0.0
+    assert float(rows[label]["task1_acc_mean"]) == pytest.approx(summary[label]["task_acc_mean"][1], abs=1e-6)
+    files = set(os.listdir(out))
+    assert {"accuracy_matrix_finetune.png", "accuracy_matrix_finetune_lr_0.01_optimizer_sgd.png",
+            "acc_vs_params.png"} <= files

@@ -7,7 +7,8 @@ import os
 import pytest
 
 from cltk.plots import plot_all
-from cltk.results import CSV_COLUMNS, RunResult, aggregate, atomic_write, read_json, safe_name, write_csv, write_json
+from cltk.results import (CSV_COLUMNS, RunResult, aggregate, atomic_write, read_json, safe_name, write_csv, write_json,
+                          write_summary_csv)
 
 
 def _run(method="finetune", scenario="class", seed=0, last=(0.5, 0.9)):
@@ -81,3 +82,45 @@ def test_figures_are_written_with_safe_names(tmp_path):
     assert names == ["accuracy_matrix_evil.png", "accuracy_matrix_finetune.png", "summary.png"]
     for p in paths:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_and_parameters_per_task_in_summary_aggregate_and_csv(tmp_path):
+    a, b = _run(seed=0, last=(0.5, 0.9)), _run(seed=1, last=(0.3, 0.7))
+    a.params_per_task, b.params_per_task = [10, 30], [10, 30]
+    b.task_time_s = [3.0, 5.0]
+    assert a.summary()["time_per_task_s"] == 1.5 and a.summary()["params_per_task"] == 20.0
+    row = aggregate([a, b])[0]
+    assert row["time_per_task_s_mean"] == pytest.approx(2.75) and row["params_per_task_mean"] == 20.0
+    assert row["task_acc_mean"] == pytest.approx([0.4, 0.8]) and row["task_acc_std"] == pytest.approx(
+        [math.sqrt(0.02), math.sqrt(0.02)])
+    assert row["task_time_s_mean"] == [2.0, 3.5] and row["task_params_mean"] == [10.0, 30.0]
+    rows = list(csv.DictReader(open(write_csv(str(tmp_path / "results.csv"), [a, b]))))
+    assert float(rows[1]["time_per_task_s"]) == 4.0 and float(rows[0]["params_per_task"]) == 20.0
+    srows = list(csv.DictReader(open(write_summary_csv(str(tmp_path / "summary.csv"), [a, b, _run("joint")]))))
+    assert [r["method"] for r in srows] == ["finetune", "joint"]
+    assert float(srows[0]["task1_acc_mean"]) == pytest.approx(0.8) and float(srows[0]["task0_time_s_mean"]) == 2.0
+    assert srows[1]["params_per_task_mean"] == ""          # not recorded: empty, not 0
+
+
+def test_unknown_parameters_are_nan_and_old_results_still_read(tmp_path):
+    r = _run()
+    r.params_per_task = [5, None]
+    assert "params_per_task" not in r.summary() and math.isnan(aggregate([r])[0]["params_per_task_mean"])
+    d = _run().to_dict()
+    del d["params_per_task"]                                # a results.json written before the field existed
+    back = RunResult.from_dict(d)
+    assert back.params_per_task == [] and "params_per_task" not in back.summary()
+
+
+def test_accuracy_vs_parameters_figure_only_with_recorded_parameters(tmp_path):
+    from cltk.plots import plot_acc_vs_params
+    assert plot_acc_vs_params([_run(scenario="task")], str(tmp_path)) is None and os.listdir(tmp_path) == []
+    runs = []
+    for label, params, acc in [("awm(resolution=2x2)", 6601, 0.8), ("awm", 7189, 0.85), ("linear-probe", 6405, 0.7),
+                               ("finetune", 0, 0.5)]:
+        r = _run(label, scenario="task", last=(acc, acc))
+        r.params_per_task = [params, params]
+        runs.append(r)
+    paths = plot_all(runs, str(tmp_path))
+    assert paths[-1] == str(tmp_path / "acc_vs_params.png")
+    assert open(paths[-1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -162,6 +162,10 @@ class AWM(Method):
         return ([m.deltas[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
                 + list(model.heads[task].parameters()))
 
+    def added_parameters(self, task: int) -> int:
+        """Task ``task``'s grids (each capped at its weight's 2-D size), head and per-task BatchNorm affines."""
+        return sum(p.numel() for p in self.task_parameters(task))
+
     def make_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         task = self.task.index if self.task is not None else 0
         model = self.model

@@ -153,6 +153,12 @@ class Method:
         """Logits used for evaluation (masked by the loop with :meth:`active_mask`)."""
         return self.forward(model, x, t)
 
+    def added_parameters(self, task: int) -> Optional[int]:
+        """How many trainable parameters task ``task`` adds to the model (after :meth:`setup`); None: not stated.
+
+        Methods that change a shared network without adding to it (fine-tuning, penalties) return 0."""
+        return None
+
     def state_dict(self) -> dict:
         """Everything the method needs to resume (tensors and plain Python values only)."""
         return {}

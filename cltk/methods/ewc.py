@@ -131,6 +131,10 @@ class EWC(QuadraticRegularizer, Method):
     paper = "Kirkpatrick et al. 2017, PNAS, arXiv:1612.00796"
     Config = EWCConfig
 
+    def added_parameters(self, task: int) -> int:
+        """0 trainable parameters: the network is shared (each task stores a Fisher and an anchor, not trained)."""
+        return 0
+
     def __init__(self, config: Optional[EWCConfig] = None, **overrides) -> None:
         super().__init__(config, **overrides)
         self._init_terms()

@@ -18,3 +18,7 @@ class Finetune(Method):
     description = "plain fine-tuning task after task (the forgetting lower bound)"
     paper = "-"
     Config = FinetuneConfig
+
+    def added_parameters(self, task: int) -> int:
+        """0: a task adds nothing, but every weight of the one network moves."""
+        return 0

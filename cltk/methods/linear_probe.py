@@ -42,6 +42,12 @@ class LinearProbe(Method):
         assert isinstance(model, MultiHeadNet)
         return task_optimizer(self.config, params, [], list(model.heads[task].parameters()), None)
 
+    def added_parameters(self, task: int) -> int:
+        """Task ``task``'s linear head."""
+        model = self.model
+        assert isinstance(model, MultiHeadNet)
+        return sum(p.numel() for p in model.heads[task].parameters())
+
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         assert isinstance(model, MultiHeadNet)
         model.backbone.eval()   # the loop's model.train() must not switch BatchNorm to batch statistics

@@ -146,6 +146,19 @@ class Piggyback(Method):
         own = [m.masks[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
         return task_optimizer(self.config, params, own, list(model.heads[task].parameters()), self.config.head_lr)
 
+    def added_parameters(self, task: int) -> int:
+        """Task ``task``'s real-valued masks (one entry per masked weight; stored binarised they need one bit
+        each, :meth:`mask_bits`), head and per-task BatchNorm affines."""
+        model = self.model
+        assert isinstance(model, MultiHeadNet)
+        own = ([m.masks[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
+               + list(model.heads[task].parameters()))
+        return sum(p.numel() for p in own)
+
+    def mask_bits(self, task: int) -> int:
+        """Bits of task ``task``'s masks stored binarised (one per masked weight)."""
+        return sum(m.masks[task].numel() for m in self.layers)
+
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return model(x, t)
 

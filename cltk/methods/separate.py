@@ -28,6 +28,8 @@ class PerTaskModels(nn.Module):
     def __init__(self, model: nn.Module, n_tasks: int) -> None:
         super().__init__()
         self.nets = nn.ModuleList(copy.deepcopy(model) for _ in range(n_tasks))
+        if not callable(getattr(model, "features", None)):
+            self.features = None     # the copies have no features (e.g. MultiHeadNet): no readout either
 
     def _route(self, fn: str, x: Tensor, t: Tensor) -> Tensor:
         if t.shape != (x.shape[0],):
@@ -79,6 +81,21 @@ class Separate(Method):
         if self.task is None or not isinstance(self.model, PerTaskModels):
             raise RuntimeError("method 'separate': make_optimizer is called after setup() and before_task()")
         return super().make_optimizer(self.model.nets[self.task.index].parameters())
+
+    def added_parameters(self, task: int) -> int:
+        """One full copy of the network. For a multi-head network (:class:`cltk.nn.backbones.MultiHeadNet`): its
+        backbone without the unused ImageNet ``classifier`` and task ``task``'s head (the copy's other heads are
+        never used)."""
+        if not isinstance(self.model, PerTaskModels):
+            raise RuntimeError("method 'separate': added_parameters is called after setup()")
+        net = self.model.nets[task]
+        heads = getattr(net, "heads", None)
+        if isinstance(heads, nn.ModuleList) and hasattr(net, "backbone"):
+            unused = getattr(net.backbone, "classifier", None)
+            skip = {id(p) for p in unused.parameters()} if isinstance(unused, nn.Module) else set()
+            return (sum(p.numel() for p in net.backbone.parameters() if id(p) not in skip)
+                    + sum(p.numel() for p in heads[task].parameters()))
+        return sum(p.numel() for p in net.parameters())
 
     def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
         return model(x, t)
