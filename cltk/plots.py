@@ -151,10 +151,10 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
             ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
                         markersize=5, label=fam)
             labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
-            for r in members:
+            for i, r in enumerate(members):   # a family's labels alternate above and below its line
                 text = labels.get(r["method"], r["method"])
                 ax.annotate(text, (r["params_per_task_mean"], r["acc_mean"]), textcoords="offset points",
-                            xytext=(4, 5), fontsize=7, color=color)
+                            xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7, color=color)
         ax.set_xscale("symlog", linthresh=1000)
         ax.set_xlim(left=-300)
         ax.set_xlabel("parameters added per task (symlog)")
