@@ -23,6 +23,7 @@ from cltk import _ext
 __all__ = [
     "bicubic_modulate",
     "bicubic_modulate_ref",
+    "bicubic_modulate_out_ref",
     "bicubic_modulate_multi",
     "bicubic_modulate_multi_ref",
     "as_2d_weight",
@@ -125,6 +126,11 @@ def bicubic_modulate_ref(weight: Tensor, mod: Tensor, align_corners: bool = Fals
         return out.detach().copy_(res)
     return res
 
+
+
+def bicubic_modulate_out_ref(weight: Tensor, mod: Tensor, align_corners: bool, out: Tensor) -> Tensor:
+    """Plain-PyTorch twin of ``cltk::bicubic_modulate_out_``: :func:`bicubic_modulate_ref` written into ``out``."""
+    return bicubic_modulate_ref(weight, mod, align_corners, out=out)
 
 def bicubic_modulate_multi_ref(
     weights: Sequence[Tensor], mods: Sequence[Tensor], align_corners: bool = False, *, out: Optional[Sequence[Tensor]] = None

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from cltk import _ext
 
-__all__ = ["meta_lstm", "meta_lstm_", "meta_lstm_ref", "meta_lstm_weights", "meta_lstm_init"]
+__all__ = ["meta_lstm", "meta_lstm_", "meta_lstm_ref", "meta_lstm_out_ref", "meta_lstm_weights", "meta_lstm_init"]
 
 _NAMES = ("w_ih0", "w_ih", "w_hh", "b", "w_out", "b_out", "scale")
 
@@ -120,6 +120,19 @@ def meta_lstm_ref(
         out = out * multiply
     return out, torch.stack(hs).transpose(1, 2), torch.stack(cs).transpose(1, 2)
 
+
+
+def meta_lstm_out_ref(
+    x: Tensor, h: Tensor, c: Tensor, w_ih0: Tensor, w_ih: Tensor, w_hh: Tensor, b: Tensor, w_out: Tensor,
+    b_out: Tensor, scale: Tensor, multiply: Optional[Tensor], h_out: Tensor, c_out: Tensor,
+) -> Tensor:
+    """Plain-PyTorch twin of ``cltk::meta_lstm_out_``: :func:`meta_lstm_ref`, with the new state written into
+    ``h_out`` / ``c_out``; returns ``out``."""
+    out, h1, c1 = meta_lstm_ref(x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply)
+    with torch.no_grad():
+        h_out.copy_(h1)
+        c_out.copy_(c1)
+    return out
 
 def _backward_call(ctx, grad_out, grad_h, grad_c, saved, need):
     x, h, c, w_ih0, w_ih, w_hh, b, w_out, b_out, scale, multiply = saved

@@ -297,3 +297,16 @@ def test_native_op_bad_input_messages():
         ops.bicubic_modulate_backward(torch.randn(4, 7), torch.randn(4, 8), torch.ones(2, 2), False, True, True)
     with pytest.raises(RuntimeError, match=r"bicubic_modulate_out_: out must have the shape of weight \[4, 8\], got \[8, 4\]"):
         ops.bicubic_modulate_out_(torch.randn(4, 8), torch.ones(2, 2), False, torch.empty(8, 4))
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bicubic_modulate_out_op_matches_its_ref(align_corners):
+    """cltk::bicubic_modulate_out_ (written into a caller's buffer) against bicubic_modulate_out_ref."""
+    from cltk.ops.bicubic import bicubic_modulate_out_ref
+    g = torch.Generator().manual_seed(3)
+    w, mod = torch.randn(37, 27, generator=g), torch.randn(4, 5, generator=g)   # the op takes 2-D weights
+    out, ref = torch.full_like(w, float("nan")), torch.full_like(w, float("nan"))
+    res = torch.ops.cltk.bicubic_modulate_out_(w, mod, align_corners, out)
+    bicubic_modulate_out_ref(w, mod, align_corners, ref)
+    assert res.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)

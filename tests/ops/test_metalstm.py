@@ -246,3 +246,17 @@ def test_small_call_after_larger_and_nan_calls():
     for shape in [(3, 4, 8, 1), (70, 200, 24, 3), (1, 5, 12, 2)]:
         x, h, c, params, m, grads = _setup(*shape, torch.float32, seed=2)
         _compare_with_ref(x, h, c, params, m, grads, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_meta_lstm_out_op_matches_its_ref(dtype):
+    """cltk::meta_lstm_out_ (persistent state buffers) against meta_lstm_out_ref."""
+    from cltk.ops.metalstm import meta_lstm_out_ref
+    x, h, c, params, m, _ = _setup(70, 4, 16, 3, dtype, requires_grad=False)
+    params = [p.detach() for p in params]
+    ho, co, hr, cr = (torch.full_like(h, float("nan")) for _ in range(4))
+    out = torch.ops.cltk.meta_lstm_out_(x, h, c, *params, m, ho, co)
+    ref = meta_lstm_out_ref(x, h, c, *params, m, hr, cr)
+    torch.testing.assert_close(out, ref, **tol(dtype))
+    torch.testing.assert_close(ho, hr, **tol(dtype))
+    torch.testing.assert_close(co, cr, **tol(dtype))
