@@ -416,8 +416,11 @@ def test_migu_bad_optimizer_and_state():
 def _ddp_worker(rank, world, init_file, data, out_dir):
     import torch.distributed as dist
 
+    from cltk.distributed import destroy
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ok = False
     try:
         model = mlp(10)
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -441,8 +444,9 @@ def _ddp_worker(rank, world, init_file, data, out_dir):
         dist.all_reduce = orig
         torch.save({"params": [p.detach() for p in model.parameters()], "masks": masks, "calls": calls},
                    os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        ok = True
+    finally:   # the ranks leave together: one leaving while the other still saves can abort in gloo's teardown
+        destroy(wait_for_all=ok)
 
 
 def test_ddp_two_processes_share_masks_with_single_process(mnist):
