@@ -34,6 +34,8 @@ the gradients are averaged after ``backward``; rank 0 evaluates and writes check
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import resource
 import time
@@ -48,7 +50,7 @@ from cltk.methods.base import Batch, Method, get_method
 from cltk.results import RunResult
 from cltk.streams.base import Stream, Task
 
-__all__ = ["run", "RunState", "evaluate_task", "task_features"]
+__all__ = ["run", "RunState", "evaluate_task", "task_features", "flush_denormals"]
 
 
 @dataclass
@@ -270,6 +272,33 @@ def _check_int(name: str, v: object, minimum: int) -> None:
         raise ValueError(f"run: {name} must be an integer >= {minimum}, got {v!r}")
 
 
+def _denormals_flushed() -> bool:
+    return (torch.tensor([1e-40]) * 1.0).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero on this thread (``torch.set_flush_denormal``) inside the block, then restore the
+    previous setting. Adam's second moments of weights that stop receiving gradient (for example the input weights of
+    pixels a later task never lights) decay into the denormal range, where every x86 operation on them is tens of
+    times slower: on the 2x400 MLP this made the optimizer step 8x slower than with them flushed."""
+    before = _denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _flushing_denormals(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with flush_denormals():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_flushing_denormals
 def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream, *, iters_per_task: int = 2000,
         batch_size: int = 128, eval_batch_size: int = 1000, seed: int = 0, device: Union[str, torch.device] = "cpu",
         readout: bool = True, progress: bool = True, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
@@ -300,6 +329,9 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
     Returns:
         A :class:`~cltk.results.RunResult` with the accuracy matrix ``R``, the random-init accuracies ``b``, the
         readout matrix, and wall time and peak memory per task. ``result.summary()`` gives ACC, BWT, FWT, ...
+
+    The run flushes denormal floats to zero on the calling thread (:func:`flush_denormals`) and restores the setting
+    on return.
     """
     from tqdm.auto import tqdm
 

@@ -6,7 +6,7 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from cltk.methods.base import Method, MethodConfig
+from cltk.methods.base import Method, MethodConfig, build_optimizer
 from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d
 
 __all__ = ["check_task_model", "task_optimizer", "bn_affine_parameters", "recalibrate_bn"]
@@ -38,9 +38,7 @@ def task_optimizer(config: MethodConfig, allowed: Iterable[Tensor], own: list[Te
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise RuntimeError("task_optimizer: none of the task's parameters were offered to the optimizer")
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return build_optimizer(config, groups)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, NamedTuple, Optional
+from typing import Any, ClassVar, Iterable, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from cltk._config import ConfigChecks
 from cltk.streams.base import SCENARIOS, Stream, Task
 
-__all__ = ["Batch", "MethodConfig", "Method", "register", "get_method", "available_methods", "method_class"]
+__all__ = ["Batch", "MethodConfig", "Method", "build_optimizer", "register", "get_method", "available_methods", "method_class"]
 
 
 class Batch(NamedTuple):
@@ -70,6 +70,19 @@ class MethodConfig(ConfigChecks):
         self.check_positive("lr")
         self.check_nonnegative("momentum")
         self.check_nonnegative("weight_decay")
+
+
+def build_optimizer(config: MethodConfig, params: Union[list[Tensor], list[dict]]) -> torch.optim.Optimizer:
+    """``config.optimizer`` (Adam or SGD at ``config.lr``, ``momentum``, ``weight_decay``) over ``params`` (tensors or
+    param-group dicts), with torch's fused single-pass step where every parameter is a plain floating-point CPU or
+    CUDA tensor (the default per-parameter loop costs several passes over each parameter and its state)."""
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(type(p) in (Tensor, nn.Parameter) and p.is_floating_point()
+                                  and p.device.type in ("cpu", "cuda") for p in tensors)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           fused=fused or None)
 
 
 class Method:
@@ -118,11 +131,7 @@ class Method:
         return s.x, s.y, torch.full_like(s.y, task.index)
 
     def make_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
-        c = self.config
-        params = [p for p in params if p.requires_grad]
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return build_optimizer(self.config, [p for p in params if p.requires_grad])
 
     def wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return optimizer
