@@ -331,7 +331,6 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     import torch
 
     from cltk import distributed as dist
-    from cltk.loop import run
     from cltk.methods import method_class
     from cltk.models import MODELS, build_model
     from cltk.results import aggregate, safe_name, write_csv, write_json, write_summary_csv
@@ -405,12 +404,17 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
             build_model(model, next(iter(first.values())), seed=seeds[0], **model_kwargs)
         except TypeError as e:
             raise CLIError(f"--model-arg: model {model!r} does not take these arguments ({e})") from None
+    jobs = getattr(args, "jobs", 1)
+    if jobs < 1:
+        raise CLIError(f"--jobs must be >= 1, got {jobs}")
+    if jobs > 1 and dist.world_size() > 1:
+        raise CLIError(_JOBS_WITH_NPROC)
+    threads = args.threads or max(1, _cpu_count() // jobs)
     main = dist.is_main()
     say = print if main else (lambda *a, **k: None)
 
     total = (len(scenarios) * len(methods) - len(skip)) * len(seeds)
-    runs = []
-    done = 0
+    runs: list = []
     t0 = time.perf_counter()
     if out and main:
         try:
@@ -421,32 +425,34 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
                 stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
                 processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    for sc in scenarios:
-        for seed in seeds:
-            stream = first.pop(sc) if seed == seeds[0] else make_stream(benchmark, sc, seed, **stream_kwargs)
-            for m in methods:
-                if (m, sc) in skip:
-                    continue
-                method = classes[m](configs[m])
-                net = build_model(model, stream, seed=seed, **model_kwargs)
-                ckpt_dir = (os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing
-                            else None)
-                r = run(method, net, stream, iters_per_task=iters, batch_size=batch_size, seed=seed, device=device,
-                        readout=not args.no_readout, progress=not args.no_progress, checkpoint_dir=ckpt_dir,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        keep_checkpoints=args.keep_checkpoints)
-                r.model = model
-                r.method = m
-                r.params_per_task = [_added_parameters(method, i) for i in range(len(stream.tasks))]
-                runs.append(r)
-                done += 1
-                s = r.summary()
-                say(f"[{done}/{total}] {sc}-IL {m} seed {seed}: ACC {s['acc']:.3f}  BWT {s['bwt']:+.3f}  "
-                      f"({s['time_s']:.1f} s)", flush=True)
-                if out and main:
-                    write_json(os.path.join(out, "results.json"), runs, meta)
-                    write_csv(os.path.join(out, "results.csv"), runs)
-                    write_summary_csv(os.path.join(out, "summary.csv"), runs)
+    grid = [_Job(m, classes[m], configs[m], sc, seed, benchmark, stream_kwargs, model, model_kwargs, iters,
+                 batch_size, str(device), not args.no_readout, not args.no_progress and jobs == 1,
+                 os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing else None,
+                 args.checkpoint_every, args.resume, args.keep_checkpoints)
+            for sc in scenarios for seed in seeds for m in methods if (m, sc) not in skip]
+    results: dict[int, Any] = {}
+
+    def finished(i: int, r: Any) -> None:
+        results[i] = r
+        runs[:] = [results[k] for k in sorted(results)]          # grid order, whatever order the runs end in
+        s = r.summary()
+        say(f"[{len(results)}/{total}] {r.scenario}-IL {r.method} seed {r.seed}: ACC {s['acc']:.3f}  "
+            f"BWT {s['bwt']:+.3f}  ({s['time_s']:.1f} s)", flush=True)
+        if out and main:
+            write_json(os.path.join(out, "results.json"), runs, meta)
+            write_csv(os.path.join(out, "results.csv"), runs)
+            write_summary_csv(os.path.join(out, "summary.csv"), runs)
+
+    if jobs == 1:
+        key, stream = None, None
+        for i, job in enumerate(grid):                   # grid order: one stream per (scenario, seed)
+            if (job.scenario, job.seed) != key:
+                key = (job.scenario, job.seed)
+                stream = (first.pop(job.scenario) if job.seed == seeds[0]
+                          else make_stream(benchmark, job.scenario, job.seed, **stream_kwargs))
+            finished(i, _run_job(job, stream))
+    else:
+        _run_parallel(grid, jobs, threads, finished)
     say()
     say(format_table(aggregate(runs)))
     say(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
@@ -456,6 +462,81 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         figures = ", ".join(os.path.basename(p) for p in paths)
         print(f"wrote {os.path.join(out, 'results.json')}, results.csv, summary.csv, {figures}")
     return 0
+
+
+_JOBS_WITH_NPROC = "--jobs runs whole runs in parallel processes; it cannot be combined with --nproc or torchrun"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One run of a comparison: all a (possibly spawned) process needs to build and train it."""
+
+    method: str                     # the label (a name or a method spec)
+    cls: type
+    config: Any
+    scenario: str
+    seed: int
+    benchmark: str
+    stream_kwargs: dict
+    model: str
+    model_kwargs: dict
+    iters: int
+    batch_size: int
+    device: str
+    readout: bool
+    progress: bool
+    checkpoint_dir: Optional[str]
+    checkpoint_every: int
+    resume: bool
+    keep_checkpoints: int
+
+
+def _run_job(job: _Job, stream: Any = None) -> Any:
+    """Train one run of the grid (building its stream unless given) and label its result."""
+    from cltk.loop import run
+    from cltk.models import build_model
+    from cltk.streams.builders import make_stream
+    if stream is None:
+        stream = make_stream(job.benchmark, job.scenario, job.seed, **job.stream_kwargs)
+    method = job.cls(job.config)
+    net = build_model(job.model, stream, seed=job.seed, **job.model_kwargs)
+    r = run(method, net, stream, iters_per_task=job.iters, batch_size=job.batch_size, seed=job.seed,
+            device=job.device, readout=job.readout, progress=job.progress, checkpoint_dir=job.checkpoint_dir,
+            checkpoint_every=job.checkpoint_every, resume=job.resume, keep_checkpoints=job.keep_checkpoints)
+    r.model = job.model
+    r.method = job.method
+    r.params_per_task = [_added_parameters(method, i) for i in range(len(stream.tasks))]
+    return r
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _init_job_process(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _run_parallel(grid: list[_Job], jobs: int, threads: int, finished: Any) -> None:
+    """Run the grid in ``jobs`` spawned processes of ``threads`` torch threads each, calling ``finished(i, result)``
+    in this process as each run ends. The first failing run stops the rest (its error is raised here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(min(jobs, len(grid)) or 1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_job_process, initargs=(threads,))
+    try:
+        futures = {pool.submit(_run_job, job): i for i, job in enumerate(grid)}
+        for f in as_completed(futures):
+            finished(futures[f], f.result())
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _added_parameters(method: Any, task: int) -> Optional[int]:
@@ -575,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="mlp or convnet")
     p.add_argument("--name", default=None, help="results folder name under results/ (default: preset or time)")
     p.add_argument("--out", default=None, help="results folder (default results/<name>)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N runs at once in separate processes (each with --threads, default cores/N, torch "
+                        "threads); the results equal one process's")
     _common_run_options(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -670,6 +754,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         try:
+            if getattr(args, "jobs", 1) > 1:
+                raise CLIError(_JOBS_WITH_NPROC)
             _check_out(getattr(args, "out", None))
         except CLIError as e:
             print(f"cltk: error: {e}", file=sys.stderr)

@@ -89,6 +89,9 @@ BAD = {
     "spec: item without =": (["compare", "--methods", "awm:resolution"], "method spec 'awm:resolution'"),
     "spec: the same twice": (["compare", "--methods", "finetune:lr=0.1,finetune:lr=1e-1"], "selected twice"),
     "run with a bad spec": (RUN + ["--method", "ewc:lamda=x"], "method spec 'ewc:lamda=x'"),
+    "zero --jobs": (["compare", "--methods", "finetune", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    "--jobs with --nproc": (["compare", "--methods", "finetune", "--iters", "1", "--jobs", "2", "--nproc", "2"],
+                            "cannot be combined with --nproc"),
 }
 
 
@@ -250,3 +253,33 @@ def test_compare_holds_several_configurations_of_one_method(tmp_path):
     files = set(os.listdir(out))
     assert {"accuracy_matrix_finetune.png", "accuracy_matrix_finetune_lr_0.01_optimizer_sgd.png",
             "acc_vs_params.png"} <= files
+
+
+def test_compare_jobs_runs_in_parallel_processes_with_the_results_of_one(tmp_path):
+    """--jobs 2 (two spawned processes) writes the same runs, in the same order, as one process, and resumes from
+    the checkpoints its processes wrote; a run failing inside a process stops the comparison with one error line."""
+    def argv(iters):
+        return ["compare", "--methods", "finetune,er", "--scenarios", "task,class", "--seeds", "0,1", "--iters",
+                str(iters), "--no-progress", *TINY]
+
+    args = argv(5)
+
+    def runs(out):
+        return [(r["method"], r["scenario"], r["seed"], r["R"], r["b"], r["readout"])
+                for r in json.load(open(out / "results.json"))["runs"]]
+
+    p = cltk(*args, "--out", str(tmp_path / "one"), tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    par = ["--jobs", "2", "--out", str(tmp_path / "two"), "--checkpoint-every", "2"]
+    p = cltk(*args, *par, tmp_path=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "[8/8]" in p.stdout
+    one = runs(tmp_path / "one")
+    assert [k[:3] for k in one] == [(m, sc, s) for sc in ("task", "class") for s in (0, 1) for m in ("finetune", "er")]
+    assert runs(tmp_path / "two") == one
+    p = cltk(*args, *par, "--resume", tmp_path=tmp_path)       # every run is read back from its last checkpoint
+    assert p.returncode == 0, p.stderr
+    assert runs(tmp_path / "two") == one
+    bad = cltk(*argv(6), *par, "--resume", tmp_path=tmp_path)   # the checkpoints are of 5-iteration runs
+    assert bad.returncode == 2 and bad.stderr.startswith("cltk: error:"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

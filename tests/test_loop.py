@@ -172,3 +172,25 @@ def test_separate_through_the_loop_forgets_nothing_and_reads_out_each_copy():
 def test_run_state_starts_empty():
     st = RunState()
     assert st.task == 0 and st.step == 0 and st.R == [] and st.b == [] and st.readout == []
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_run_flushes_denormals_while_training_and_restores_the_setting(before):
+    def flushed():
+        return (torch.tensor([1e-40]) * 1.0).item() == 0.0
+
+    seen = []
+
+    class Probe(Finetune):
+        def loss(self, model, batch):
+            seen.append(flushed())
+            return super().loss(model, batch)
+
+    stream = tiny_stream("task")
+    torch.set_flush_denormal(before)
+    try:
+        run(Probe(), tiny_model(stream), stream, iters_per_task=3, batch_size=16, readout=False, progress=False)
+        assert seen == [True] * 6
+        assert flushed() is before
+    finally:
+        torch.set_flush_denormal(False)

@@ -65,3 +65,32 @@ def test_driver_trains_finetune_on_real_data():
     m = get_method("finetune")
     model = drive(m, tiny_mlp(stream), stream, iters=60)
     assert accuracy(m, model, stream, 1) > 0.75  # the last task, two classes, task-IL (chance: 0.5)
+
+
+@pytest.mark.parametrize("optimizer,kw", [("adam", {"weight_decay": 0.01}), ("sgd", {"momentum": 0.9})])
+def test_build_optimizer_takes_the_fused_step_and_matches_torch(optimizer, kw):
+    from cltk.methods.base import build_optimizer
+
+    torch.manual_seed(0)
+    ps = [torch.randn(7, 5, requires_grad=True), torch.randn(5, requires_grad=True)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    cfg = MethodConfig(optimizer=optimizer, lr=0.05, **kw)
+    mine = build_optimizer(cfg, ps)
+    assert mine.defaults["fused"] is True
+    cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    ref = cls(qs, lr=0.05, foreach=False, **kw)
+    for _ in range(20):
+        g = [torch.randn_like(p) for p in ps]
+        for p, q, gi in zip(ps, qs, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        mine.step()
+        ref.step()
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q)
+
+
+def test_build_optimizer_falls_back_to_the_plain_step_where_fused_is_unsupported():
+    from cltk.methods.base import build_optimizer
+
+    groups = [{"params": [torch.zeros(3, device="meta", requires_grad=True)], "lr": 0.1}]
+    assert not build_optimizer(MethodConfig(), groups).defaults["fused"]
