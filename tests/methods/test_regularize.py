@@ -372,8 +372,11 @@ def test_load_state_dict_rejects_mismatched_shapes(streams):
 def _dist_worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
+    from cltk.distributed import destroy
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ok = False
     try:
         stream = tiny_stream("class")
         model = tiny_mlp(stream)
@@ -383,8 +386,9 @@ def _dist_worker(rank, world, init_file, out_dir):
         fisher = estimate_fisher(ewc, model, stream.tasks[0], "empirical")
         omega = mas.importance(stream.tasks[0])
         torch.save({"fisher": fisher, "omega": omega}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+        ok = True
+    finally:   # the ranks leave together: one leaving while the other still saves can abort in gloo's teardown
+        destroy(wait_for_all=ok)
 
 
 def test_distributed_fisher_and_mas_average_the_ranks():
