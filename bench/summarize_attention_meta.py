@@ -17,7 +17,7 @@ import numpy as np
 
 from cltk import metrics
 from cltk.plots import plot_accuracy_matrices
-from cltk.results import read_json, write_json
+from cltk.results import read_folders, write_json
 
 KEYS = ("acc", "bwt", "bwt_all_pairs", "fwt", "fwt_adapted", "readout", "time_s")
 
@@ -34,9 +34,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     out, dirs = argv[0], argv[1:]
-    runs = []
-    for d in dirs:
-        runs += read_json(os.path.join(d, "results.json"))[1]
+    meta, runs = read_folders(dirs)
     os.makedirs(out, exist_ok=True)
     rows = [run_row(r) for r in runs]
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
@@ -55,7 +53,7 @@ def main(argv: list[str]) -> int:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
         w.writeheader()
         w.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in s.items()} for s in summary)
-    write_json(os.path.join(out, "results.json"), runs, {"merged_from": [os.path.basename(d.rstrip('/')) for d in dirs]})
+    write_json(os.path.join(out, "results.json"), runs, meta)
     plot_accuracy_matrices(runs, out)
     print("| method | seeds | ACC | BWT (last row) | BWT over all pairs | FWT (L-P & R) | FWT after adaptation | "
           "readout |")

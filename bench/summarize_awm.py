@@ -10,7 +10,6 @@ Writes ``OUT_DIR/results.json``, ``results.csv``, ``summary.csv`` and the figure
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 from cltk.cli import parse_method_spec
@@ -18,7 +17,7 @@ from cltk.methods import get_method
 from cltk.models import build_model
 from cltk.plots import plot_all
 from cltk.presets import get_preset
-from cltk.results import aggregate, read_json, write_csv, write_json, write_summary_csv
+from cltk.results import aggregate, read_folders, write_folder
 from cltk.streams.builders import make_stream
 
 
@@ -65,18 +64,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     out, dirs = argv[0], argv[1:]
-    runs, meta = [], {}
-    for d in dirs:
-        m, rs = read_json(os.path.join(d, "results.json"))
-        meta = meta or m
-        runs += rs
+    meta, runs = read_folders(dirs)
     order = [parse_method_spec(s)[0] for s in get_preset("awm").methods]
     runs.sort(key=lambda r: (order.index(r.method) if r.method in order else len(order), r.seed))
     fill_params(runs, meta)
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "results.json"), runs, dict(meta, merged_from=[os.path.basename(d) for d in dirs]))
-    write_csv(os.path.join(out, "results.csv"), runs)
-    write_summary_csv(os.path.join(out, "summary.csv"), runs)
+    write_folder(out, runs, meta)
     plot_all(runs, out)
     print(markdown(aggregate(runs), runs[0].task_names if runs else []))
     return 0

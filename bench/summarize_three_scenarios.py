@@ -12,12 +12,11 @@ one run (training and evaluation).
 from __future__ import annotations
 
 import math
-import os
 import sys
 
 from cltk.plots import plot_all
 from cltk.presets import get_preset
-from cltk.results import aggregate, read_json, write_csv, write_json, write_summary_csv
+from cltk.results import aggregate, read_folders, write_folder
 
 # van de Ven & Tolias 2019, Table 2 (split MNIST, 60k images, 2000 iterations per task), in %: task / domain / class.
 PUBLISHED = {
@@ -53,20 +52,12 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     out, dirs = argv[0], argv[1:]
-    runs, meta = [], {}
-    for d in dirs:
-        m, rs = read_json(os.path.join(d, "results.json"))
-        meta = meta or m
-        runs += rs
+    meta, runs = read_folders(dirs)
     preset = get_preset("three-scenarios")
     methods = list(dict.fromkeys([*preset.methods, *(r.method for r in runs)]))
     scenarios = list(dict.fromkeys([*preset.scenarios, *(r.scenario for r in runs)]))
     runs.sort(key=lambda r: (methods.index(r.method), scenarios.index(r.scenario), r.seed))
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "results.json"), runs,
-               dict(meta, merged_from=[os.path.basename(d.rstrip("/")) for d in dirs]))
-    write_csv(os.path.join(out, "results.csv"), runs)
-    write_summary_csv(os.path.join(out, "summary.csv"), runs)
+    write_folder(out, runs, meta)
     plot_all(runs, out)
     print(markdown(aggregate(runs), methods, scenarios))
     return 0

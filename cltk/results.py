@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Optional, Sequence
@@ -20,7 +21,7 @@ from cltk import metrics
 from cltk.checkpoint import atomic_write_bytes
 
 __all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", "write_summary_csv", "read_json",
-           "aggregate", "CSV_COLUMNS", "METRICS"]
+           "read_folders", "write_folder", "aggregate", "CSV_COLUMNS", "METRICS"]
 
 METRICS = ("acc", "bwt", "fwt", "forgetting", "readout", "time_s", "time_per_task_s", "params_per_task")
 CSV_COLUMNS = ("method", "benchmark", "scenario", "seed", "model", "iters_per_task", "batch_size", "acc", "bwt",
@@ -204,6 +205,27 @@ def read_json(path: str) -> tuple[dict, list[RunResult]]:
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
     return doc.get("meta", {}), [RunResult.from_dict(r) for r in doc.get("runs", [])]
+
+
+def read_folders(dirs: Sequence[str]) -> tuple[dict, list[RunResult]]:
+    """The runs of the result folders ``dirs`` (each holding a ``results.json``), folder after folder, and the meta
+    of the first with ``merged_from`` (the folders' names) added: the parts of one comparison run side by side."""
+    if not dirs:
+        raise ValueError("read_folders: dirs must name at least one result folder")
+    meta, runs = {}, []
+    for d in dirs:
+        m, rs = read_json(os.path.join(d, "results.json"))
+        meta = meta or m
+        runs += rs
+    return dict(meta, merged_from=[os.path.basename(os.path.normpath(d)) for d in dirs]), runs
+
+
+def write_folder(out: str, runs: Sequence[RunResult], meta: Optional[dict] = None) -> list[str]:
+    """Write ``results.json``, ``results.csv`` and ``summary.csv`` of ``runs`` to the folder ``out`` (created)."""
+    os.makedirs(out, exist_ok=True)
+    return [write_json(os.path.join(out, "results.json"), runs, meta),
+            write_csv(os.path.join(out, "results.csv"), runs),
+            write_summary_csv(os.path.join(out, "summary.csv"), runs)]
 
 
 def write_csv(path: str, runs: Sequence[RunResult]) -> str:

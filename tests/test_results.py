@@ -7,8 +7,8 @@ import os
 import pytest
 
 from cltk.plots import plot_all
-from cltk.results import (CSV_COLUMNS, RunResult, aggregate, atomic_write, read_json, safe_name, write_csv, write_json,
-                          write_summary_csv)
+from cltk.results import (CSV_COLUMNS, RunResult, aggregate, atomic_write, read_folders, read_json, safe_name,
+                          write_csv, write_folder, write_json, write_summary_csv)
 
 
 def _run(method="finetune", scenario="class", seed=0, last=(0.5, 0.9)):
@@ -35,6 +35,19 @@ def test_json_is_strict_and_round_trips(tmp_path):
     meta, back = read_json(path)
     assert [r.summary() == pytest.approx(o.summary()) for r, o in zip(back, runs)] == [True, True]
     assert math.isnan(back[0].readout[0][1])
+
+
+def test_folders_of_one_comparison_merge_in_order(tmp_path):
+    a, b = str(tmp_path / "seeds01"), str(tmp_path / "seed2") + os.sep
+    write_folder(a, [_run(seed=0), _run(seed=1, last=(0.3, 0.9))], {"preset": "x"})
+    written = write_folder(b, [_run("joint", seed=2)], {"preset": "y"})
+    assert sorted(os.path.basename(p) for p in written) == ["results.csv", "results.json", "summary.csv"]
+    meta, runs = read_folders([a, b])
+    assert meta == {"preset": "x", "merged_from": ["seeds01", "seed2"]}
+    assert [(r.method, r.seed) for r in runs] == [("finetune", 0), ("finetune", 1), ("joint", 2)]
+    assert runs[1].R == [[1.0, 0.0], [0.3, 0.9]]
+    with pytest.raises(ValueError, match="dirs"):
+        read_folders([])
 
 
 def test_aggregate_mean_and_sample_std_over_seeds():
