@@ -38,6 +38,25 @@ class AGEMConfig(ReplayConfig):
     replay_batch_size: int = 256
 
 
+def project(g: Tensor, g_ref: Tensor) -> Optional[Tensor]:
+    """``g - (g . g_ref) / (g_ref . g_ref) * g_ref`` if ``g . g_ref < 0``, else ``None`` (no change).
+
+    When the memory is fitted, ``g_ref`` can be as small as 1e-20: ``g_ref . g_ref`` is then below the smallest
+    normal float and, with denormals flushed to zero (as :func:`cltk.run` trains), exactly 0, and the plain formula
+    divides by it. Then ``g_ref`` is first scaled by ``1 / max|g_ref|`` (the projection does not depend on its
+    length); otherwise the plain formula is used as it stands."""
+    dot = torch.dot(g, g_ref)
+    if not dot < 0:
+        return None
+    ref_sq = torch.dot(g_ref, g_ref)
+    if ref_sq < torch.finfo(ref_sq.dtype).tiny:
+        u = g_ref / g_ref.abs().max()
+        dot, ref_sq, g_ref = torch.dot(g, u), torch.dot(u, u), u
+        if not dot < 0:     # g . u underflowed: g is (numerically) orthogonal to the memory gradient
+            return None
+    return g - (dot / ref_sq) * g_ref
+
+
 @register
 class AGEM(Method):
     name = "agem"
@@ -84,9 +103,8 @@ class AGEM(Method):
         if g_ref is None:
             return
         g = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
-        dot = torch.dot(g, g_ref)
-        if dot < 0:
-            g = g - (dot / torch.dot(g_ref, g_ref)) * g_ref
+        g = project(g, g_ref)
+        if g is not None:
             offset = 0
             for p in params:
                 n = p.numel()

@@ -1,4 +1,5 @@
 """Replay methods (ER, A-GEM, DER++, iCaRL) and the reservoir buffer: property tests on the tiny real stream."""
+import contextlib
 import math
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 
 from cltk.methods import available_methods, get_method
 from cltk.methods._replay_buffer import ReservoirBuffer
-from cltk.methods.agem import AGEM
+from cltk.methods.agem import AGEM, project
 from cltk.methods.base import Batch
 from cltk.methods.icarl import herding_selection
 
@@ -185,6 +186,35 @@ def test_agem_projected_gradient_does_not_oppose_the_reference():
         else:
             assert torch.equal(before, after)
     assert projected > 0                                            # the constraint was active at least once
+
+
+@pytest.mark.parametrize("flushed", [False, True])
+def test_agem_projection_survives_a_reference_gradient_whose_square_underflows(flushed):
+    # A fitted memory gives g_ref near 1e-20; g_ref . g_ref (~1e-40) is denormal, and 0 with denormals flushed as
+    # cltk.run trains: dividing by it turned every weight into NaN on Split Fashion-MNIST.
+    from cltk.loop import flush_denormals
+
+    gen = torch.Generator().manual_seed(0)
+    g_ref = torch.randn(1000, generator=gen) * 1e-20
+    g = 0.5 * torch.randn(1000, generator=gen) - g_ref * 1e20       # opposes the memory gradient
+    with flush_denormals() if flushed else contextlib.nullcontext():
+        assert float(torch.dot(g, g_ref)) < 0
+        out = project(g, g_ref)
+    g64, r64 = g.double(), g_ref.double()
+    expected = g64 - torch.dot(g64, r64) / torch.dot(r64, r64) * r64
+    assert out is not None and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    u = r64 / r64.abs().max()
+    assert abs(float(torch.dot(out.double(), u))) <= 1e-5 * float(out.double().norm() * u.norm())
+
+
+def test_agem_projection_is_the_plain_formula_for_normal_sizes():
+    gen = torch.Generator().manual_seed(1)
+    g, g_ref = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen)
+    g = 0.5 * g - g_ref                                        # opposes g_ref: the constraint is active
+    assert float(torch.dot(g, g_ref)) < 0
+    assert torch.equal(project(g, g_ref), g - torch.dot(g, g_ref) / torch.dot(g_ref, g_ref) * g_ref)
+    assert project(-g, g_ref) is None                          # no conflict: no change
 
 
 # ------------------------------------------------------------------------------------------------------- DER++
