@@ -423,7 +423,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
             raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
                 stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
-                processes=dist.world_size(),
+                cltk=_source_version(), processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     grid = [_Job(m, classes[m], configs[m], sc, seed, benchmark, stream_kwargs, model, model_kwargs, iters,
                  batch_size, str(device), not args.no_readout, not args.no_progress and jobs == 1,
@@ -462,6 +462,28 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         figures = ", ".join(os.path.basename(p) for p in paths)
         print(f"wrote {os.path.join(out, 'results.json')}, results.csv, summary.csv, {figures}")
     return 0
+
+
+def _source_version() -> str:
+    """``cltk.__version__``, with the git commit of the source tree (``+g<sha>``, ``.dirty`` when it has uncommitted
+    changes to tracked files) where cltk runs from a git checkout."""
+    import subprocess
+
+    import cltk
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cltk.__file__)))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        if os.path.realpath(git("rev-parse", "--show-toplevel")) != os.path.realpath(root):
+            return cltk.__version__      # an installed copy inside some other checkout (e.g. a venv in the repo)
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return cltk.__version__
+    return f"{cltk.__version__}+g{sha}{'.dirty' if dirty else ''}" if sha else cltk.__version__
 
 
 _JOBS_WITH_NPROC = "--jobs runs whole runs in parallel processes; it cannot be combined with --nproc or torchrun"

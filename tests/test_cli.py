@@ -2,11 +2,13 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+import cltk as cltk_pkg
 from cltk.cli import _csv_list, parse_method_spec, parse_overrides
 from cltk.methods.finetune import FinetuneConfig
 
@@ -172,6 +174,8 @@ def test_run_writes_results_and_figures(tmp_path):
     assert doc["runs"][0]["iters_per_task"] == 5 and len(doc["runs"][0]["R"]) == 2
     assert doc["summary"][0]["n_seeds"] == 2
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+    # which cltk made the results: its version, and the commit where it runs from a git checkout
+    assert re.fullmatch(re.escape(cltk_pkg.__version__) + r"(\+g[0-9a-f]{12}(\.dirty)?)?", doc["meta"]["cltk"])
 
 
 def test_compare_default_folder_under_results(tmp_path):
