@@ -12,7 +12,10 @@ a plain per-parameter loop, the test oracle.
 
 Importances built from per-sample gradients (the diagonal Fisher of EWC, the output-norm sensitivity of MAS) come
 from :func:`per_sample_grad_moment`, which uses ``torch.func.vmap`` over chunks of samples and falls back to a loop of
-single-sample backward passes for models ``vmap`` cannot trace.
+single-sample backward passes for models ``vmap`` cannot trace. For the squared moment of a plain stack of
+``nn.Linear`` layers and elementwise activations (the MLPs of the split-MNIST protocols) it needs no per-sample
+gradient at all: sample n's gradient of a layer's weight is the outer product ``delta_n x_n^T`` of the gradient at
+the layer's output and its input, so the sum of its squares over n is one matrix product, ``(delta^2)^T (x^2)``.
 """
 from __future__ import annotations
 
@@ -148,17 +151,99 @@ def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor],
     was_training = model.training
     model.eval()
     try:
-        try:
-            _moment_vmap(model, sample_loss, inputs, power, chunk_size, out)
-        except (RuntimeError, NotImplementedError):
-            # Some modules (in-place ops on inputs, data-dependent control flow) cannot be vmapped.
-            for t in out:
-                t.zero_()
-            _moment_loop(model, sample_loss, inputs, power, out)
+        if power == 2 and _moment_linear_sq(model, sample_loss, inputs, chunk_size, out):
+            pass
+        else:
+            try:
+                _moment_vmap(model, sample_loss, inputs, power, chunk_size, out)
+            except (RuntimeError, NotImplementedError):
+                # Some modules (in-place ops on inputs, data-dependent control flow) cannot be vmapped.
+                for t in out:
+                    t.zero_()
+                _moment_loop(model, sample_loss, inputs, power, out)
     finally:
         model.train(was_training)
     torch._foreach_div_(out, float(n))
     return out
+
+
+# Leaf modules that act on each sample on its own and elementwise (in eval mode), so that a layer's input and
+# output gradient of sample n depend on sample n alone.
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Flatten,
+                nn.Dropout)
+
+
+def _linear_stack(model: nn.Module) -> Optional[list[nn.Linear]]:
+    """The ``nn.Linear`` layers of ``model`` if it is a plain stack (``nn.Sequential`` / :class:`cltk.models.MLP`
+    containers of linear layers and :data:`_ELEMENTWISE` modules) whose trainable parameters all belong to them,
+    else ``None``."""
+    from cltk.models import MLP
+
+    for m in model.modules():
+        if any(True for _ in m.children()):
+            if type(m) not in (nn.Sequential, MLP):
+                return None
+        elif not isinstance(m, (nn.Linear, *_ELEMENTWISE)):
+            return None
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    owned = {id(p) for m in linears for p in m.parameters(recurse=False)}
+    if not linears or any(id(p) not in owned for p in trainable_parameters(model)):
+        return None
+    return linears
+
+
+def _moment_linear_sq(model, sample_loss, inputs, chunk_size, out) -> bool:
+    """Sum over samples of the squared per-sample gradients of a linear stack without forming them: for each layer,
+    ``(delta^2)^T (x^2)`` for the weight and ``sum_n delta_n^2`` for the bias, ``delta_n`` being the gradient of
+    sample n's loss at the layer's output (one backward pass of the chunk with the per-sample loss gradients of the
+    logits as ``grad_outputs``). Returns False, with ``out`` untouched, when the model is not such a stack or a layer
+    is called more than once or on other than ``[N, features]`` inputs."""
+    from torch.func import grad, vmap
+
+    linears = _linear_stack(model)
+    if linears is None:
+        return False
+    params = trainable_parameters(model)
+    slot = {id(p): i for i, p in enumerate(params)}
+    seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
+    plain = [True]
+
+    def record(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if module in seen or args[0].dim() != 2:
+            plain[0] = False
+        seen[module] = (args[0].detach(), output)
+
+    def loss_one(logits: Tensor, *row: Tensor) -> Tensor:
+        return sample_loss(logits.unsqueeze(0), *(r.unsqueeze(0) for r in row))
+
+    dlogits = vmap(grad(loss_one))
+    sums = [torch.zeros_like(p) for p in params]
+    handles = [m.register_forward_hook(record) for m in linears]
+    try:
+        for s in range(0, int(inputs[0].shape[0]), chunk_size):
+            seen.clear()
+            rows = [t[s:s + chunk_size] for t in inputs]
+            with torch.enable_grad():
+                logits = model(rows[0])
+            if not plain[0] or len(seen) != len(linears):
+                return False
+            live = [m for m in linears if seen[m][1].requires_grad]
+            deltas = torch.autograd.grad(logits, [seen[m][1] for m in live],
+                                         grad_outputs=dlogits(logits.detach(), *rows[1:]), allow_unused=True)
+            for m, d in zip(live, deltas):
+                if d is None:
+                    continue
+                d2 = d.square()
+                if id(m.weight) in slot:
+                    sums[slot[id(m.weight)]].addmm_(d2.t(), seen[m][0].square())
+                if m.bias is not None and id(m.bias) in slot:
+                    sums[slot[id(m.bias)]].add_(d2.sum(0))
+    finally:
+        for h in handles:
+            h.remove()
+        seen.clear()
+    torch._foreach_add_(out, sums)
+    return True
 
 
 def _moment_vmap(model, sample_loss, inputs, power, chunk_size, out) -> None:

@@ -96,6 +96,43 @@ def test_fisher_vmap_matches_per_sample_loop(streams):
         torch.testing.assert_close(a, b / len(task.train), **tol(torch.float32))
 
 
+def test_linear_stack_fisher_equals_the_per_sample_gradients(streams):
+    """The (delta^2)^T (x^2) path for plain linear stacks gives vmap's per-sample result, with a frozen layer and
+    chunks; models it cannot treat exactly (a layer called twice, a convolution) are left to vmap."""
+    from cltk.methods._penalty import _moment_linear_sq, _moment_vmap
+    from cltk.models import MLP
+
+    stream = streams["task"]
+    model = MLP(stream.input_shape, stream.n_outputs, hidden=(32, 16))
+    m = get_method("ewc")
+    drive(m, model, stream, iters=10)
+    model.body[1].bias.requires_grad_(False)
+    task = stream.tasks[1]
+    x, y = task.train.x[:50], task.train.y[:50]
+    mask = m.active_mask(torch.full_like(y, 1), upto=1)
+
+    def nll(logits, msk, label):
+        return F.cross_entropy(logits.masked_fill(~msk, float("-inf")), label)
+
+    model.eval()
+    fast = [torch.zeros_like(p) for p in trainable_parameters(model)]
+    assert _moment_linear_sq(model, nll, (x, mask, y), 16, fast)
+    ref = [torch.zeros_like(p) for p in trainable_parameters(model)]
+    _moment_vmap(model, nll, (x, mask, y), 2, 16, ref)
+    assert len(fast) == 5 and sum(float(t.sum()) for t in ref) > 0
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, **tol(torch.float32))
+
+    lin = torch.nn.Linear(4, 4)
+    twice = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    for net, xs in ((twice, torch.randn(6, 4)), (conv, torch.randn(6, 1, 4, 4))):
+        out = [torch.zeros_like(p) for p in net.parameters()]
+        assert not _moment_linear_sq(net, lambda o, lab: F.cross_entropy(o[:, :2], lab), (xs, torch.zeros(6).long()),
+                                     4, out)
+        assert all(not t.any() for t in out)
+
+
 def test_true_fisher_samples_labels_from_the_model(streams):
     """On a model that is uncertain between its units, sampled labels differ from the true ones and from argmax."""
     stream = streams["task"]
