@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     runs.sort(key=lambda r: (methods.index(r.method), scenarios.index(r.scenario), r.seed))
     write_folder(out, runs, meta)
     plot_all(runs, out)
-    mnist = all(r.benchmark.endswith(("-mnist", "-mnist5k")) for r in runs)
+    mnist = all(r.benchmark in ("split-mnist", "split-mnist5k") for r in runs)
     print(markdown(aggregate(runs), methods, scenarios, published=mnist))
     return 0
 
