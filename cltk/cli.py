@@ -333,7 +333,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     from cltk import distributed as dist
     from cltk.methods import method_class
     from cltk.models import MODELS, build_model
-    from cltk.results import aggregate, safe_name, write_csv, write_json, write_summary_csv
+    from cltk.results import aggregate, safe_name, write_folder
     from cltk.streams.base import SCENARIOS
     from cltk.streams.builders import make_stream
 
@@ -439,9 +439,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         say(f"[{len(results)}/{total}] {r.scenario}-IL {r.method} seed {r.seed}: ACC {s['acc']:.3f}  "
             f"BWT {s['bwt']:+.3f}  ({s['time_s']:.1f} s)", flush=True)
         if out and main:
-            write_json(os.path.join(out, "results.json"), runs, meta)
-            write_csv(os.path.join(out, "results.csv"), runs)
-            write_summary_csv(os.path.join(out, "summary.csv"), runs)
+            write_folder(out, runs, meta)
 
     if jobs == 1:
         key, stream = None, None

@@ -151,16 +151,15 @@ def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor],
     was_training = model.training
     model.eval()
     try:
-        if power == 2 and _moment_linear_sq(model, sample_loss, inputs, chunk_size, out):
-            pass
-        else:
-            try:
+        done = power == 2 and _moment_linear_sq(model, sample_loss, inputs, chunk_size, out)
+        try:
+            if not done:
                 _moment_vmap(model, sample_loss, inputs, power, chunk_size, out)
-            except (RuntimeError, NotImplementedError):
-                # Some modules (in-place ops on inputs, data-dependent control flow) cannot be vmapped.
-                for t in out:
-                    t.zero_()
-                _moment_loop(model, sample_loss, inputs, power, out)
+        except (RuntimeError, NotImplementedError):
+            # Some modules (in-place ops on inputs, data-dependent control flow) cannot be vmapped.
+            for t in out:
+                t.zero_()
+            _moment_loop(model, sample_loss, inputs, power, out)
     finally:
         model.train(was_training)
     torch._foreach_div_(out, float(n))
@@ -206,11 +205,11 @@ def _moment_linear_sq(model, sample_loss, inputs, chunk_size, out) -> bool:
     params = trainable_parameters(model)
     slot = {id(p): i for i, p in enumerate(params)}
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-    plain = [True]
+    plain = True
 
     def record(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if module in seen or args[0].dim() != 2:
-            plain[0] = False
+        nonlocal plain
+        plain = plain and module not in seen and args[0].dim() == 2
         seen[module] = (args[0].detach(), output)
 
     def loss_one(logits: Tensor, *row: Tensor) -> Tensor:
@@ -225,7 +224,7 @@ def _moment_linear_sq(model, sample_loss, inputs, chunk_size, out) -> bool:
             rows = [t[s:s + chunk_size] for t in inputs]
             with torch.enable_grad():
                 logits = model(rows[0])
-            if not plain[0] or len(seen) != len(linears):
+            if not plain or len(seen) != len(linears):
                 return False
             live = [m for m in linears if seen[m][1].requires_grad]
             deltas = torch.autograd.grad(logits, [seen[m][1] for m in live],
