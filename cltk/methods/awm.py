@@ -34,17 +34,16 @@ values taken from the paper (a grid has only m1*m2 entries per layer, so it gets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from cltk.methods._task_model import bn_affine_parameters, check_task_model, recalibrate_bn, task_optimizer
-from cltk.methods.base import Method, MethodConfig, register
-from cltk.nn.backbones import MultiHeadNet, TaskBatchNorm2d, convert_layers
+from cltk.methods._task_model import FrozenBackboneConfig, FrozenBackboneMethod
+from cltk.methods.base import register
 from cltk.nn.modulated import ModulatedConv2d, ModulatedLinear
 from cltk.ops.bicubic import bicubic_modulate_multi
-from cltk.streams.base import Stream, Task
+from cltk.streams.base import Stream
 
 __all__ = ["AWM", "AWMConfig"]
 
@@ -91,23 +90,14 @@ class _ModulationBank:
 
 
 @dataclass
-class AWMConfig(MethodConfig):
-    """``resolution``: grid (m1, m2) per weight (capped at the weight's 2-D size); ``exclude_first`` /
-    ``exclude_depthwise``: leave the stem / the depthwise convs unmodulated; ``bn_stats``: ``"task"`` or
-    ``"frozen"``; ``bn_affine``: ``"frozen"`` or ``"task"``; ``bn_momentum``: None (cumulative) or in (0, 1];
-    ``bn_recalibrate``: minibatches that recompute a task's statistics at its end (``bn_stats="task"``; 0: none);
-    ``head_lr``: the heads' learning rate (None: ``lr``); ``fused``: one multi-tensor modulation call per forward
-    pass; ``align_corners``: as in ``F.interpolate``."""
+class AWMConfig(FrozenBackboneConfig):
+    """``resolution``: grid (m1, m2) per weight (capped at the weight's 2-D size); ``fused``: one multi-tensor
+    modulation call per forward pass; ``align_corners``: as in ``F.interpolate``; ``head_lr``, ``exclude_first``,
+    ``exclude_depthwise``, ``bn_stats``, ``bn_affine``, ``bn_momentum``, ``bn_recalibrate``:
+    :class:`cltk.methods._task_model.FrozenBackboneConfig`."""
 
     lr: float = 1e-2
     resolution: tuple = (4, 4)
-    exclude_first: bool = False
-    exclude_depthwise: bool = False
-    bn_stats: str = "frozen"
-    bn_affine: str = "frozen"
-    bn_momentum: Optional[float] = None
-    bn_recalibrate: int = 16
-    head_lr: Optional[float] = 1e-3
     fused: bool = True
     align_corners: bool = False
 
@@ -118,76 +108,28 @@ class AWMConfig(MethodConfig):
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r)):
             raise ValueError(f"{type(self).__name__}.resolution must be two integers >= 1 (m1, m2), got {r!r}")
         self.resolution = (int(r[0]), int(r[1]))
-        if self.bn_stats not in ("task", "frozen"):
-            raise ValueError(f"{type(self).__name__}.bn_stats must be 'task' or 'frozen', got {self.bn_stats!r}")
-        if self.bn_affine not in ("frozen", "task"):
-            raise ValueError(f"{type(self).__name__}.bn_affine must be 'frozen' or 'task', got {self.bn_affine!r}")
-        if self.bn_momentum is not None:
-            self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
-        self.check_int("bn_recalibrate", 0)
-        if self.head_lr is not None:
-            self.check_positive("head_lr")
-        for name in ("exclude_first", "exclude_depthwise", "fused", "align_corners"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
+        self.check_bools("fused", "align_corners")
 
 
 @register
-class AWM(Method):
+class AWM(FrozenBackboneMethod):
     name = "awm"
     description = "frozen backbone, per-task low-resolution bicubic weight modulation grids and heads"
     paper = "arXiv 2311.15276"
-    scenarios = ("task",)
     Config = AWMConfig
+    layer_kind = "modulated"
+
+    def layer_factories(self, num_tasks: int):
+        c = self.config
+        return (lambda m: AWMConv2d(m, c.resolution, num_tasks, c.align_corners),
+                lambda m: AWMLinear(m, c.resolution, num_tasks, c.align_corners))
+
+    def layer_parameters(self, task: int) -> list[Tensor]:
+        return [m.deltas[task] for m in self.layers]
 
     def setup(self, model: nn.Module, stream: Stream) -> nn.Module:
-        model = super().setup(check_task_model(self, model), stream)
-        c, n = self.config, len(stream.tasks)
-        self.layer_names = convert_layers(
-            model.backbone,
-            make_conv=lambda m: AWMConv2d(m, c.resolution, n, c.align_corners),
-            make_linear=lambda m: AWMLinear(m, c.resolution, n, c.align_corners),
-            make_bn=lambda m: TaskBatchNorm2d(m, n, affine_per_task=c.bn_affine == "task",
-                                              frozen_stats=c.bn_stats == "frozen", momentum=c.bn_momentum),
-            exclude_first=c.exclude_first, exclude_depthwise=c.exclude_depthwise)
-        self.layers = [model.backbone.get_submodule(name) for name in self.layer_names]
+        model = super().setup(model, stream)
+        c = self.config
         self.bank = _ModulationBank(self.layers, c.align_corners) if c.fused and self.layers else None
         model.before_features = self.bank.prepare if self.bank is not None else None
         return model
-
-    def task_parameters(self, task: int) -> list[Tensor]:
-        """What task ``task`` trains: its grids, its head and (with ``bn_affine="task"``) its BatchNorm affines."""
-        model = self.model
-        assert isinstance(model, MultiHeadNet)
-        return ([m.deltas[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
-                + list(model.heads[task].parameters()))
-
-    def added_parameters(self, task: int) -> int:
-        """Task ``task``'s grids (each capped at its weight's 2-D size), head and per-task BatchNorm affines."""
-        return sum(p.numel() for p in self.task_parameters(task))
-
-    def make_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
-        task = self.task.index if self.task is not None else 0
-        model = self.model
-        assert isinstance(model, MultiHeadNet)
-        own = [m.deltas[task] for m in self.layers] + bn_affine_parameters(model.backbone, task)
-        return task_optimizer(self.config, params, own, list(model.heads[task].parameters()), self.config.head_lr)
-
-    def forward(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t)
-
-    def after_task(self, task: Task) -> None:
-        if self.config.bn_stats == "task":   # store statistics that match the task's final weights
-            model = self.model
-            assert isinstance(model, MultiHeadNet)
-            recalibrate_bn(model, task.index, task.train.x, self.config.bn_recalibrate)
-
-    def state_dict(self) -> dict:
-        return {"task": None if self.task is None else self.task.index, "layers": list(self.layer_names)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if list(state["layers"]) != list(self.layer_names):
-            raise ValueError("AWM.load_state_dict: the saved modulated layers differ from this model's "
-                             f"({len(state['layers'])} saved, {len(self.layer_names)} here)")
-        if state["task"] is not None:
-            self.task = self._need_stream().tasks[state["task"]]
