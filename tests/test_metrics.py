@@ -1,7 +1,6 @@
 """Metrics on hand-computed accuracy matrices, and the linear readout on real MNIST-5k features."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 MODES = ("forward", "backward", "full", "step", "read", "copy", "inplace")

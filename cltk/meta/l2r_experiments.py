@@ -28,7 +28,6 @@ with HAT's masks), ``rep`` (the student trained on A and the meta-training B dat
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

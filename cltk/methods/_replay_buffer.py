@@ -21,9 +21,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from cltk.methods.base import MethodConfig
+from cltk import distributed as dist
+from cltk.methods.base import Batch, Method, MethodConfig
 
-__all__ = ["ReservoirBuffer", "ReplaySample", "ReplayConfig"]
+__all__ = ["ReservoirBuffer", "ReplaySample", "ReplayConfig", "ReservoirReplay"]
 
 
 class ReplaySample(NamedTuple):
@@ -206,3 +207,30 @@ class ReplayConfig(MethodConfig):
 
     def replay_size(self, current: int) -> int:
         return self.replay_batch_size or current
+
+
+class ReservoirReplay(Method):
+    """Base of the methods whose memory is a reservoir of the stream's own minibatches (ER, A-GEM): a step's batch
+    (all ranks' batches under torch.distributed) joins ``buffer`` after the update, so a step never replays its own
+    batch; the buffer is checkpointed with the method."""
+
+    buffer: ReservoirBuffer
+
+    def __init__(self, config: Optional[MethodConfig] = None, **overrides) -> None:
+        super().__init__(config, **overrides)
+        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed)
+        self._pending: Optional[Batch] = None
+
+    def after_step(self, model) -> None:
+        if self._pending is not None:
+            x, y, t = self._pending
+            if dist.is_distributed():
+                x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
+            self.buffer.add(x, y, t)
+            self._pending = None
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from cltk import distributed as dist
-from cltk.methods._replay_buffer import ReplayConfig, ReservoirBuffer
-from cltk.methods.base import Batch, Method, register
+from cltk.methods._replay_buffer import ReplayConfig, ReservoirReplay
+from cltk.methods.base import Batch, register
 
 
 @dataclass
@@ -58,7 +58,7 @@ def project(g: Tensor, g_ref: Tensor) -> Optional[Tensor]:
 
 
 @register
-class AGEM(Method):
+class AGEM(ReservoirReplay):
     name = "agem"
     description = "A-GEM: project the gradient so it does not increase the loss on a memory of earlier tasks"
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM (ICLR 2019)"
@@ -66,8 +66,6 @@ class AGEM(Method):
 
     def __init__(self, config: Optional[AGEMConfig] = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed)
-        self._pending: Optional[Batch] = None
         self._batch_size = 0
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
@@ -110,17 +108,3 @@ class AGEM(Method):
                 n = p.numel()
                 p.grad = g[offset:offset + n].view_as(p).clone()
                 offset += n
-
-    def after_step(self, model: nn.Module) -> None:
-        if self._pending is not None:
-            x, y, t = self._pending
-            if dist.is_distributed():
-                x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
-            self.buffer.add(x, y, t)
-            self._pending = None
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

@@ -12,15 +12,13 @@ rank, and each rank trains on its contiguous share; the global batch is gathered
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from cltk import distributed as dist
-from cltk.methods._replay_buffer import ReplayConfig, ReservoirBuffer
-from cltk.methods.base import Batch, Method, register
-from cltk.streams.base import Stream
+from cltk.methods._replay_buffer import ReplayConfig, ReservoirReplay
+from cltk.methods.base import Batch, register
 
 
 @dataclass
@@ -32,16 +30,11 @@ class ERConfig(ReplayConfig):
 
 
 @register
-class ER(Method):
+class ER(ReservoirReplay):
     name = "er"
     description = "experience replay: each minibatch plus one drawn from a reservoir memory"
     paper = "Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning (arXiv:1902.10486)"
     Config = ERConfig
-
-    def __init__(self, config: Optional[ERConfig] = None, **overrides) -> None:
-        super().__init__(config, **overrides)
-        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed)
-        self._pending: Optional[Batch] = None
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         c = self.config
@@ -60,18 +53,3 @@ class ER(Method):
         loss = self.task_loss(self.forward(model, x, t), y, t)
         pen = self.penalty(model)
         return loss if pen is None else loss + pen
-
-    def after_step(self, model: nn.Module) -> None:
-        # the step's examples join the memory after the update, so a step never replays its own batch
-        if self._pending is not None:
-            x, y, t = self._pending
-            if dist.is_distributed():
-                x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
-            self.buffer.add(x, y, t)
-            self._pending = None
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.load_state_dict(state["buffer"])

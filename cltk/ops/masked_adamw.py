@@ -8,7 +8,6 @@ skipped entirely (parameter and both moments unchanged).
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Optional, Sequence
 

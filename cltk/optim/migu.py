@@ -34,7 +34,6 @@ Semantics shared by both:
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Callable, Iterable, Optional
 
 import torch

