@@ -18,6 +18,18 @@ mode reads them twice (the backward recomputes).
 Compute bound: sgemm_peak_gflops() times a single-thread 1024^3 fp32 torch.mm in the same process (128-149
 GFLOP/s on this machine, 149 when it is quiet); each case's note gives its model work and its time at that peak.
 
+Measured 2026-12-01 04:08 UTC, after the forward stopped copying a full tile's state to scratch (it reads h and c
+in the unit-major state and writes c_new to c_out directly), same machine and settings:
+  per-synapse N=1e6, H=32, F=4, forward   cltk 0.400 s (105.0 GFLOP/s, 70 % peak)  nn_lstm 2.441 s  lstm_cells 4.156 s
+                                          cltk 6.10x nn_lstm (an earlier run the same hour: 0.394 s vs 2.409 s, 6.11x)
+                                          peak cltk 3.7 MiB, nn_lstm 1586.8 MiB (0.23 %)
+  per-synapse N=1e6, H=32, F=4, fwd+bwd   cltk 1.608 s  nn_lstm 16.18 s  lstm_cells 8.625 s (nn_lstm varies: 13.37 s
+                                          in the earlier run, 11.31 s on 2026-11-30); cltk 10.1x / 8.5x nn_lstm
+  per-neuron N=64, H=64, F=4, forward     cltk 115.9 us (91.6 GFLOP/s)  nn_lstm 437.2 us  cltk 3.77x
+  per-neuron N=64, H=64, F=1152, forward  cltk 441.5 us (109.3 GFLOP/s)  nn_lstm 923.0 us  cltk 2.09x
+  A wide (blocked, F > 128) input keeps the scratch copies: reading the state in place made that case slower
+  (F=1152, 64 rows: 415 -> 605 us), for reasons not pinned down.
+
 Measured 2026-11-30 16:48 UTC on an Intel Xeon (AVX-512; a 2-core VM shared with other jobs; 1 thread; torch 2.13.0
 CPU; median of 9 process-CPU-time runs, `python -m cltk.benchmark --kernel metalstm`); ratio = nn_lstm time /
 provider time, all in one process; peak = extra RSS of one call; GFLOP/s counts the layers' and head's multiply-adds
@@ -47,14 +59,16 @@ transposes use at::vec's 16 x 16 block transpose (the scalar loop cost a third o
 tile's state is prefetched unit by unit during the layer loop (a burst at the start of each tile stalled it); tile
 scratch is a reused per-thread arena (no per-call allocation and zeroing).
 
-Goals: forward >= 6x nn.LSTM (met: no, 5.3x-5.5x), fwd+bwd >= 6x (yes, 6.7x-6.8x); forward peak <= 5 % of
-nn.LSTM's (yes, 0.23 %), fwd+bwd <= 1/5 (yes, 0.08 %); per-neuron forward >= 5x (no: 3.4x-3.6x at F=4, 2.0x-2.2x
-at F=1152).
+Goals: forward >= 6x nn.LSTM (met since 2026-12-01: 6.10x-6.11x; before, 5.3x-5.5x), fwd+bwd >= 6x (yes,
+6.7x-10.1x); forward peak <= 5 % of nn.LSTM's (yes, 0.23 %), fwd+bwd <= 1/5 (yes, 0.08 %); per-neuron forward >= 5x
+(no: 3.4x-3.8x at F=4, 2.0x-2.2x at F=1152).
 Where the per-synapse forward stands: a 64-row tile is 83968 gate FMAs and, for the 5 activations per unit and row
-plus the cell update, about 26000 more vector instructions on the same two FMA ports, so the kernel can reach about
-76 % of the FMA peak (113 GFLOP/s at 149); 6x nn.LSTM (2.421 s) needs 0.403 s = 104 GFLOP/s, 70 % of the peak.
-It runs at 64 %; in perf profiles the rest is stalls on the state stream (1.5 KiB per row read and written) and on
-the gate loops' loads.
+plus the cell update, about 26000 more vector instructions on the same two FMA ports; a standalone loop of the
+sigmoid takes about 8 cycles per 16 values (vrcp14ps alone about 2), so the activations cost about 120 cycles per
+unit-vector against 328 for the FMAs and the kernel can reach about 73 % of the FMA peak. 6x nn.LSTM (2.421 s)
+needs 0.403 s = 104 GFLOP/s, 70 % of the peak; it runs at 70 % since the state copies went (64 % before; the copies
+in and out of tile scratch were about 9 % of the kernel's samples in a perf profile, the rest of the gap the gate
+loops' loads).
 Per-neuron, F=4: 10.6 MFLOP per call, 71 us at the 149 GFLOP/s peak; 5x nn.LSTM (433 us) needs 87 us = 123
 GFLOP/s (82 % of the peak) with one 64-row tile per call, whose 324 KiB of weights are read from L2 once per call.
 Per-neuron, F=1152: 48.2 MFLOP per call, 324 us at the 149 GFLOP/s sgemm peak, so the ratio against nn.LSTM's
