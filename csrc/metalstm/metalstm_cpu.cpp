@@ -390,16 +390,25 @@ void load_tile(const Net<T>& n, const T* x, const T* h, const T* c, int64_t N, i
   }
 }
 
+// The tile's layers. With c_out == nullptr the tile's state is in scratch (load_tile); otherwise (a full tile of
+// forward_cpu) h and c are read where they are in the unit-major state ([L][H][N], the tile's rows of one unit
+// contiguous) and c_new is written straight to c_out (each unit's c_new depends only on its own c). h_new always
+// goes to scratch, because every unit of a layer reads all of that layer's h.
 template <typename T>
-void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep, const T* h, const T* c, int64_t N, int64_t r0) {
+void forward_layers(const Net<T>& n, Scratch<T>& s, bool keep, const T* h, const T* c, int64_t N, int64_t r0,
+                    T* c_out = nullptr) {
   const int64_t H = n.H, R = kR<T>;
   const bool pf = r0 + 2 * R <= N;  // the next tile is a full one
+  const bool direct = c_out != nullptr;
+  const int64_t st = direct ? N : R;  // unit stride of the state read and of c_new
   for (int64_t l = 0; l < n.L; ++l) {
     const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
-    layer_forward<T>(n, l, in, s.hT.data() + l * H * R, s.cT.data() + l * H * R, s.hnT.data() + l * H * R,
-                     s.cnT.data() + l * H * R, keep ? s.gates.data() + l * 4 * H * R : nullptr,
+    const T* hl = direct ? h + l * H * N + r0 : s.hT.data() + l * H * R;
+    const T* cl = direct ? c + l * H * N + r0 : s.cT.data() + l * H * R;
+    T* cnl = direct ? c_out + l * H * N + r0 : s.cnT.data() + l * H * R;
+    layer_forward<T>(n, l, in, hl, cl, s.hnT.data() + l * H * R, cnl, keep ? s.gates.data() + l * 4 * H * R : nullptr,
                      keep ? s.tcT.data() + l * H * R : nullptr, s.pre.data(),
-                     pf ? h + l * H * N + r0 + R : nullptr, pf ? c + l * H * N + r0 + R : nullptr, N);
+                     pf ? h + l * H * N + r0 + R : nullptr, pf ? c + l * H * N + r0 + R : nullptr, N, st, st);
   }
 }
 
@@ -426,19 +435,11 @@ void forward_cpu(const Net<T>& n, const T* x, const T* h, const T* c, const T* m
       const int64_t r0 = t * R, nr = std::min(R, N - r0);
       const bool direct = nr == R && !wide;
       if (direct) {
-        // A full tile reads h and c where they are (unit-major, rows r0.. contiguous) and writes c_new straight
-        // to c_out (each unit's c_new depends only on its own c); only h_new goes through scratch, because every
-        // unit of a layer reads all of that layer's h. Measured (1 thread): per-synapse N = 1e6, F = 4, H = 32
-        // 0.446 -> 0.394 s; with a wide (blocked) input it was slower instead (F = 1152, 64 rows: 415 -> 605 us),
-        // so wide inputs keep the scratch copies.
+        // Measured (1 thread): per-synapse N = 1e6, F = 4, H = 32 0.446 -> 0.394 s against the scratch copies; with
+        // a wide (blocked) input the in-place reads were slower instead (F = 1152, 64 rows: 415 -> 605 us), so wide
+        // inputs keep the copies.
         to_soa<T>(x + r0 * n.F, nr, n.F, s.xT.data());
-        const bool pf = r0 + 2 * R <= N;
-        for (int64_t l = 0; l < n.L; ++l) {
-          const T* in = l == 0 ? s.xT.data() : s.hnT.data() + (l - 1) * H * R;
-          layer_forward<T>(n, l, in, h + l * H * N + r0, c + l * H * N + r0, s.hnT.data() + l * H * R,
-                           c_out + l * H * N + r0, nullptr, nullptr, s.pre.data(),
-                           pf ? h + l * H * N + r0 + R : nullptr, pf ? c + l * H * N + r0 + R : nullptr, N, N, N);
-        }
+        forward_layers<T>(n, s, false, h, c, N, r0, c_out);
       } else {
         load_tile<T>(n, x, h, c, N, r0, nr, s);
         forward_layers<T>(n, s, false, h, c, N, r0);
