@@ -32,6 +32,11 @@ class ConfigChecks:
             lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
             raise ValueError(f"{type(self).__name__}.{name} must be in {lb}{lo}, {hi}{rb}, got {getattr(self, name)!r}")
 
+    def check_bool(self, *names: str) -> None:
+        for name in names:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
+
     def check_int(self, name: str, minimum: int) -> None:
         v = getattr(self, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:

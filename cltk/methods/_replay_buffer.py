@@ -202,8 +202,7 @@ class ReplayConfig(MethodConfig):
         self.check_int("buffer_size", 1)
         self.check_int("replay_batch_size", 0)
         self.check_int("seed", 0)
-        if not isinstance(self.balanced, bool):
-            raise ValueError(f"{type(self).__name__}.balanced must be a bool, got {self.balanced!r}")
+        self.check_bool("balanced")
 
     def replay_size(self, current: int) -> int:
         return self.replay_batch_size or current

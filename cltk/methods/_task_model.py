@@ -97,12 +97,7 @@ class FrozenBackboneConfig(MethodConfig):
         if self.bn_momentum is not None:
             self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
         self.check_int("bn_recalibrate", 0)
-        self.check_bools("exclude_first", "exclude_depthwise")
-
-    def check_bools(self, *names: str) -> None:
-        for name in names:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
+        self.check_bool("exclude_first", "exclude_depthwise")
 
 
 class FrozenBackboneMethod(Method):

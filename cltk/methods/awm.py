@@ -108,7 +108,7 @@ class AWMConfig(FrozenBackboneConfig):
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r)):
             raise ValueError(f"{type(self).__name__}.resolution must be two integers >= 1 (m1, m2), got {r!r}")
         self.resolution = (int(r[0]), int(r[1]))
-        self.check_bools("fused", "align_corners")
+        self.check_bool("fused", "align_corners")
 
 
 @register

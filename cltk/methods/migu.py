@@ -32,9 +32,7 @@ class MIGUConfig(MethodConfig):
     def validate(self) -> None:
         super().validate()
         self.check_range("threshold", 0.0, 1.0, hi_open=True)
-        for name in ("mask_bias", "mask_first_task", "mask_head"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
+        self.check_bool("mask_bias", "mask_first_task", "mask_head")
 
 
 @register

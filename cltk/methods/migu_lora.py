@@ -40,8 +40,7 @@ class MIGULoRAConfig(LoRAConfig):
     def validate(self) -> None:
         super().validate()
         self.check_range("threshold", 0.0, 1.0, hi_open=True)
-        if not isinstance(self.mask_first_task, bool):
-            raise ValueError(f"MIGULoRAConfig.mask_first_task must be a bool, got {self.mask_first_task!r}")
+        self.check_bool("mask_first_task")
 
 
 @register

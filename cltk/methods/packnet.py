@@ -87,8 +87,7 @@ class PackNetConfig(MethodConfig):
         self.check_int("retrain_steps", 0)
         self.check_positive("retrain_lr")
         self.check_int("retrain_batch_size", 0)
-        if not isinstance(self.prune_last, bool):
-            raise ValueError(f"{type(self).__name__}.prune_last must be a bool, got {self.prune_last!r}")
+        self.check_bool("prune_last")
         if self.weight_decay != 0:
             raise ValueError(f"{type(self).__name__}.weight_decay must be 0 (decay would change weights that "
                              f"earlier tasks own), got {self.weight_decay!r}")
