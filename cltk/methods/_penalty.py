@@ -8,7 +8,10 @@ with one term ``k`` per stored task (EWC) or a single running term (online EWC, 
 anchors ``a`` are lists of tensors, one per trainable parameter, in ``model.parameters()`` order.
 :func:`quadratic_penalty` evaluates the value and its gradient over all parameters at once with ``torch._foreach_*``
 kernels (one launch per term and operation, not one per parameter); :func:`quadratic_penalty_ref` is the same sum as
-a plain per-parameter loop, the test oracle.
+a plain per-parameter loop, the test oracle. With several terms (EWC from the third task on),
+:meth:`QuadraticRegularizer.penalty` evaluates one merged term and a constant (:func:`merge_quadratic_terms`, formed
+once per new term), so a step costs the same whatever the number of tasks (1.9 ms against 1.7 / 3.5 / 7.1 ms for
+1 / 2 / 4 separate terms on the 478k-parameter 2x400 MLP, 1 thread).
 
 Importances built from per-sample gradients (the diagonal Fisher of EWC, the output-norm sensitivity of MAS) come
 from :func:`per_sample_grad_moment`, which uses ``torch.func.vmap`` over chunks of samples and falls back to a loop of
@@ -25,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "trainable_parameters",
+__all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "merge_quadratic_terms", "trainable_parameters",
            "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
 
 # (coefficient c_k, importances w_k, anchors a_k)
@@ -63,8 +66,11 @@ class _QuadraticPenalty(torch.autograd.Function):
         params = [p.detach() for p in params]
         total = params[0].new_zeros(())
         grad_half: Optional[list[Tensor]] = None          # sum_k c_k w_k (theta - a_k)
-        for coef, weights, anchors in terms:
+        for term in terms:
+            coef, weights, anchors = term[:3]
             diff = torch._foreach_sub(params, anchors)
+            if len(term) > 3:                               # a merged term's low-order anchor part
+                torch._foreach_sub_(diff, term[3])
             wdiff = torch._foreach_mul(diff, weights)
             torch._foreach_mul_(wdiff, coef)
             # c w d^2 is >= 0 elementwise (importances are non-negative), so the L1 norm of each tensor is its sum:
@@ -97,6 +103,32 @@ def quadratic_penalty(params: Sequence[Tensor], terms: Sequence[QuadraticTerm]) 
     if not terms or not params:
         return None
     return _QuadraticPenalty.apply(terms, *params)
+
+
+def merge_quadratic_terms(terms: Sequence[QuadraticTerm]) -> tuple[tuple, Tensor]:
+    """One term and a constant equal to a sum of terms: ``sum_k c_k w_k (theta - a_k)^2 = W (theta - m)^2 + C``
+    elementwise, with ``W = sum_k c_k w_k``, ``m = sum_k c_k w_k a_k / W`` (the last anchor where ``W == 0``) and
+    ``C = sum_k c_k w_k (a_k - m)^2``, all computed in float64. Returns the term ``(1.0, W, m_hi, m_lo)`` in the
+    parameters' dtype, ``m`` split into a rounded part and the rounding error (``theta - m_hi - m_lo`` keeps
+    ``theta - m`` accurate where theta is close to m; with ``m`` rounded once, the gradient of such elements was
+    off by up to 3e-4 relative in float32), and ``C`` summed over all elements as a 0-d tensor. The merged
+    gradient ``2 W (theta - m)`` is the sum of the terms' gradients up to rounding."""
+    if not terms:
+        raise ValueError("merge_quadratic_terms: expected at least one term")
+    n = len(terms[0][1])
+    weights, anchors, lows, const = [], [], [], 0.0
+    for i in range(n):
+        ws = [float(c) * w[i].double() for c, w, _ in terms]
+        big_w = sum(ws[1:], ws[0])
+        m = sum((wk * a[i].double() for wk, (_, _, a) in zip(ws[1:], terms[1:])), ws[0] * terms[0][2][i].double())
+        m = torch.where(big_w > 0, m / big_w.clamp_min(torch.finfo(torch.float64).tiny), terms[-1][2][i].double())
+        const += float(sum((wk * (a[i].double() - m) ** 2).sum() for wk, (_, _, a) in zip(ws, terms)))
+        dtype = terms[0][1][i].dtype
+        hi = m.to(dtype)
+        weights.append(big_w.to(dtype))
+        anchors.append(hi)
+        lows.append((m - hi.double()).to(dtype))
+    return (1.0, weights, anchors, lows), terms[0][1][0].new_tensor(const)
 
 
 def quadratic_penalty_ref(params: Sequence[Tensor], terms: Sequence[QuadraticTerm]) -> Optional[Tensor]:
@@ -299,7 +331,21 @@ class QuadraticRegularizer:
     def penalty(self, model: nn.Module) -> Optional[Tensor]:
         if not self.importances:
             return None
-        return quadratic_penalty(trainable_parameters(model), self.penalty_terms())
+        terms = self.penalty_terms()
+        if len(terms) == 1:
+            return quadratic_penalty(trainable_parameters(model), terms)
+        # Several terms (EWC after the second task): one merged term plus a constant, so that a step costs one
+        # term's passes over the parameters whatever the number of tasks.
+        coefs = tuple(t[0] for t in terms)
+        cache = getattr(self, "_merged", None)
+        if cache is None or cache[0] is not self.importances or cache[1] is not self.anchors or cache[2] != coefs \
+                or any(a is not b for a, b in zip(cache[3], self.importances)) or len(cache[3]) != len(terms):
+            merged, const = merge_quadratic_terms(terms)
+            cache = (self.importances, self.anchors, coefs, list(self.importances), merged, const)
+            self._merged = cache
+        merged, const = cache[4], cache[5]
+        pen = quadratic_penalty(trainable_parameters(model), [merged])
+        return const if pen is None else pen + const
 
     def _terms_state(self) -> dict:
         return {"importances": [detached_copy(w) for w in self.importances],

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cltk.methods import Batch, get_method
-from cltk.methods._penalty import (_moment_loop, per_sample_grad_moment, quadratic_penalty, quadratic_penalty_ref,
-                                   trainable_parameters)
+from cltk.methods._penalty import (_moment_loop, merge_quadratic_terms, per_sample_grad_moment, quadratic_penalty,
+                                   quadratic_penalty_ref, trainable_parameters)
 from cltk.methods.ewc import estimate_fisher
 from cltk.testing.tolerances import tol
 from tests.methods.conftest import accuracy, drive, tiny_mlp, tiny_stream
@@ -181,6 +181,29 @@ def test_method_penalty_gradient_matches_reference(streams, name):
     torch.testing.assert_close(fast, ref, **tol(torch.float32))
     for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(a, b, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_merged_terms_match_the_sum_of_terms(streams, dtype):
+    """EWC's k terms merged into one term and a constant: same value and gradient as the k terms evaluated in
+    float64, including elements whose importance is 0 in every term and parameters close to the merged anchor."""
+    params = [p.detach().to(dtype).requires_grad_() for p in trainable_parameters(tiny_mlp(streams["task"]))]
+    g = torch.Generator().manual_seed(3)
+    terms = []
+    for c in (0.5, 3.0, 1e4):
+        w = [torch.rand(p.shape, generator=g, dtype=dtype) for p in params]
+        w[0][0] = 0.0                                        # zero importance in every term: W == 0 there
+        terms.append((c, w, [p.detach() + torch.randn(p.shape, generator=g, dtype=dtype) * 0.1 for p in params]))
+    merged, const = merge_quadratic_terms(terms)
+    with torch.no_grad():                                    # some parameters at the merged anchor itself
+        params[1].copy_(merged[2][1])
+    fast = quadratic_penalty(params, [merged]) + const
+    p64 = [p.detach().double().requires_grad_() for p in params]
+    exact = quadratic_penalty_ref(p64, [(c, [x.double() for x in w], [x.double() for x in a]) for c, w, a in terms])
+    torch.testing.assert_close(fast.double(), exact, **tol(dtype))
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(exact, p64)):
+        torch.testing.assert_close(a.double(), b, **tol(dtype))
+    assert float(merged[1][0][0].abs().max()) == 0.0
 
 
 def test_penalty_is_none_without_terms_or_with_zero_strength(streams):
