@@ -3,7 +3,9 @@ and scenarios) into one.
 
     python bench/summarize_three_scenarios.py OUT_DIR RESULTS_DIR [RESULTS_DIR ...]
 
-Runs are ordered as the preset lists methods and scenarios, then by seed. Writes ``OUT_DIR/results.json``,
+A run found in several folders (same method, benchmark, scenario and seed) is taken from the last of them, so a
+folder of re-runs listed last replaces those runs. Runs are ordered as the preset lists methods and scenarios, then
+by seed. Writes ``OUT_DIR/results.json``,
 ``results.csv``, ``summary.csv`` and the figures of :func:`cltk.plots.plot_all`, and prints a Markdown table: the
 final average accuracy (ACC) per method and scenario, mean ± sample std over seeds, the number of seeds, the
 published full-MNIST figure where van de Ven & Tolias 2019 (Table 2, split MNIST) give one (MNIST
@@ -54,6 +56,7 @@ def main(argv: list[str]) -> int:
         return 2
     out, dirs = argv[0], argv[1:]
     meta, runs = read_folders(dirs)
+    runs = list({(r.method, r.benchmark, r.scenario, r.seed): r for r in runs}.values())   # the last folder wins
     preset = get_preset("three-scenarios")
     methods = list(dict.fromkeys([*preset.methods, *(r.method for r in runs)]))
     scenarios = list(dict.fromkeys([*preset.scenarios, *(r.scenario for r in runs)]))
