@@ -15,8 +15,9 @@ Work: 2 * sum_l 4H (F_l + H) flops per row for the layers (+ 2H for the head); t
 row is reading x and (h, c) and writing out and (h, c): (F + 4 * 3 * H + 1) * 4 bytes (bytes_moved); the full
 mode reads them twice (the backward recomputes).
 
-Compute bound: sgemm_peak_gflops() times a single-thread 1024^3 fp32 torch.mm in the same process (128-149
-GFLOP/s on this machine, 149 when it is quiet); each case's note gives its model work and its time at that peak.
+Compute bound: cltk.benchmark.sgemm_peak_gflops() times a single-thread 1024^3 fp32 torch.mm in the same process
+(128-149 GFLOP/s on this machine, 149 when it is quiet); each case's note gives its model work and its time at that
+peak.
 
 Measured 2026-12-01 04:08 UTC, after the forward stopped copying a full tile's state to scratch (it reads h and c
 in the unit-major state and writes c_new to c_out directly), same machine and settings:
@@ -79,12 +80,11 @@ core. The kernel runs this case at 107 GFLOP/s (72 % of the peak); nn.LSTM at 48
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 from torch import nn
 
-from cltk.benchmark import Case, bench_device
+from cltk.benchmark import Case, bench_device, sgemm_peak_gflops
 
 LAYERS = 3
 
@@ -103,22 +103,9 @@ def model_flops(N: int, F: int, H: int, mode: str, L: int = LAYERS) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def sgemm_peak_gflops(n: int = 1024, runs: int = 7) -> float:
-    """Single-thread fp32 torch.mm of two n x n matrices on the CPU: the machine's measured FMA peak in GFLOP/s
-    (median of `runs` process-CPU-time samples), against which the kernel's GFLOP/s are read."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        samples = []
-        for _ in range(runs):
-            t0 = time.process_time()
-            torch.mm(a, b)
-            samples.append(time.process_time() - t0)
-    finally:
-        torch.set_num_threads(prev)
-    return 2 * n**3 / sorted(samples)[runs // 2] / 1e9
+def sgemm_peak() -> float:
+    """The in-process single-thread sgemm peak (median of 7), measured once per process."""
+    return sgemm_peak_gflops()
 
 
 def _case(N: int, F: int, H: int, mode: str, device: str, label: str) -> Case:
@@ -189,7 +176,7 @@ def _note(flops: int, device: str) -> str:
     """The case's model work and, on the CPU, the time it takes at the measured sgemm peak (the compute bound)."""
     if device != "cpu":
         return f"{flops / 1e9:.3f} GFLOP"
-    peak = sgemm_peak_gflops()
+    peak = sgemm_peak()
     return f"{flops / 1e9:.3f} GFLOP; {flops / (peak * 1e9) * 1e6:.1f} us at the {peak:.0f} GFLOP/s sgemm peak"
 
 

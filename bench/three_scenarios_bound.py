@@ -1,7 +1,8 @@
 """A lower bound on the wall time of ``cltk compare --preset three-scenarios`` on this machine.
 
     python bench/three_scenarios_bound.py [BENCHMARK] [--measured SUMMARY.csv]
-    python bench/three_scenarios_bound.py split-mnist5k --measured bench/results/three_scenarios/mnist5k/merged/summary.csv
+    python bench/three_scenarios_bound.py split-mnist5k \
+        --measured bench/results/three_scenarios/mnist5k/merged/summary.csv
 
 For every (method, scenario) run of the preset (seed 0, the preset's config), the matrix-multiply FLOPs of the whole
 run -- training steps, replay and reference batches, old-model forwards, Fisher / importance passes, evaluation and
@@ -33,24 +34,12 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cltk.benchmark import sgemm_peak_gflops
 from cltk.loop import run
 from cltk.methods import method_class
 from cltk.models import build_model
 from cltk.presets import get_preset
 from cltk.streams.builders import make_stream
-
-
-def sgemm_peak_gflops(n: int = 1024, runs: int = 15) -> float:
-    """Single-thread fp32 n^3 torch.mm: the measured FMA peak (the fastest of ``runs`` process-CPU-time samples,
-    so that a busy machine makes the bound lower, never higher)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    samples = []
-    for _ in range(runs):
-        t0 = time.process_time()
-        torch.mm(a, b)
-        samples.append(time.process_time() - t0)
-    return 2 * n**3 / min(samples) / 1e9
 
 
 def adam_step_seconds(params: list[torch.Tensor], lr: float, steps: int = 200, runs: int = 7) -> float:
@@ -123,7 +112,7 @@ def main(argv: list[str]) -> int:
     if args.measured:
         with open(args.measured, newline="") as f:
             measured = {(r["method"], r["scenario"]): float(r["time_s_mean"]) for r in csv.DictReader(f)}
-    peak = sgemm_peak_gflops()
+    peak = sgemm_peak_gflops(runs=15, best=True)
     lr = preset.config.get("lr", 1e-3)
     probe_stream = make_stream(args.benchmark, "class", 0)
     probe = build_model(preset.model, probe_stream, seed=0)

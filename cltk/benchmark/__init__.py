@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any, Optional
 
-from cltk.benchmark.bandwidth import Bandwidth, machine_bandwidth, measure_bandwidth
+from cltk.benchmark.bandwidth import Bandwidth, machine_bandwidth, measure_bandwidth, sgemm_peak_gflops
 from cltk.benchmark.case import Case, discover, find_bench_dir, load_cases
 from cltk.benchmark.memory import CallableSpec, peak_extra_bytes
 from cltk.benchmark.results import COLUMNS, append_rows, read_rows
@@ -22,7 +22,7 @@ from cltk.benchmark.timing import Comparison, Timing, compare, measure, num_thre
 __all__ = [
     "Bandwidth", "CallableSpec", "Case", "COLUMNS", "Comparison", "Timing", "add_arguments", "append_rows",
     "bench_device", "compare", "discover", "machine_bandwidth", "main", "measure", "measure_bandwidth",
-    "num_threads", "peak_extra_bytes", "read_rows", "run_case", "single_thread",
+    "num_threads", "peak_extra_bytes", "read_rows", "run_case", "sgemm_peak_gflops", "single_thread",
 ]
 
 

@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "merge_quadratic_terms", "trainable_parameters",
-           "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
+__all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "merge_quadratic_terms",
+           "trainable_parameters", "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
 
 # (coefficient c_k, importances w_k, anchors a_k)
 QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
