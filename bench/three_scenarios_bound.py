@@ -19,9 +19,10 @@ The preset's runs spread over the 2 cores as two one-thread processes, so its wa
 / 2. With ``--measured``, each run's measured mean time (a merged summary.csv of the protocol) is printed beside it.
 
 Measured 2026-12-01 on the 2-core Xeon (AVX-512, no AMX; bf16 matmuls are slower than fp32 here), torch 2.13 CPU,
-1 thread (bench/results/three_scenarios/{mnist5k,fmnist}/bound.txt): sgemm peak 159.5 GFLOP/s, fused Adam 0.466 ms;
-Split MNIST-5k at least 32.1 min (matmul) / 37.8 min (+Adam) on 2 cores, Split Fashion-MNIST 34.3 / 39.9 min; a
-bare PyTorch step 3.41 ms = 1.51x the finetune bound, about 57 min for the protocol at that efficiency.
+1 thread (bench/results/three_scenarios/{mnist5k,fmnist}/bound.txt): sgemm peak 159.9 GFLOP/s, fused Adam 0.460 ms;
+Split MNIST-5k at least 32.1 min (matmul) / 37.6 min (+Adam) on 2 cores, Split Fashion-MNIST 33.6 / 39.2 min; a
+bare PyTorch step 3.30 ms = 1.47x the finetune bound, about 55 min for the protocol at that efficiency. The
+"measured" column is the protocol's mean wall time per run (its sum / 2 is not the protocol's wall time).
 """
 from __future__ import annotations
 
