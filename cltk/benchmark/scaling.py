@@ -36,7 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cltk.benchmark.gpt import GPT, SIZES
+from cltk.lm.gpt import GPT, GPTConfig
+
+# Decoders by target parameter count (cltk.lm.gpt: pre-LN blocks, untied head, no dropout, 256-token context, a
+# byte-level 8192-token vocabulary); about 12 d^2 per block plus 2 * vocab * d for the embedding and the head.
+SIZES: dict[str, GPTConfig] = {
+    "10M": GPTConfig(d_model=256, n_layer=8, n_head=4, vocab_size=8192, block_size=256),
+    "30M": GPTConfig(d_model=512, n_layer=7, n_head=8, vocab_size=8192, block_size=256),
+    "100M": GPTConfig(d_model=768, n_layer=12, n_head=12, vocab_size=8192, block_size=256),
+    "300M": GPTConfig(d_model=1024, n_layer=23, n_head=16, vocab_size=8192, block_size=256),
+    "1B": GPTConfig(d_model=2048, n_layer=19, n_head=16, vocab_size=8192, block_size=256),
+}
 
 VANILLA = "adamw_fused"  # the full fine-tuning step that overheads are against
 PHASES = ("forward", "magnitude", "backward", "mask", "optimizer")
@@ -231,12 +241,12 @@ def worker(size: str, provider: str, *, steps: int, warmup: int, batch: int, thr
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = SIZES[size]
-    seq_len = cfg.seq_len if seq_len is None else seq_len
-    if not 1 <= seq_len <= cfg.seq_len:
-        raise ValueError(f"scaling: seq_len must be in [1, {cfg.seq_len}], got {seq_len}")
+    seq_len = cfg.block_size if seq_len is None else seq_len
+    if not 1 <= seq_len <= cfg.block_size:
+        raise ValueError(f"scaling: seq_len must be in [1, {cfg.block_size}], got {seq_len}")
     model = GPT(cfg)
     x, y = token_batch(batch, seq_len, cfg.vocab_size)
-    n_params = model.num_parameters()
+    n_params = model.n_params()
     prov = PROVIDERS[provider](model, lr)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
@@ -476,7 +486,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     json_path = os.path.join(out, "scaling.json")
     all_rows: list[dict] = []
     for size in sizes:
-        need = estimate_bytes(SIZES[size], a.batch * (a.seq_len or SIZES[size].seq_len))
+        need = estimate_bytes(SIZES[size], a.batch * (a.seq_len or SIZES[size].block_size))
         avail = _mem_available_bytes()
         if need > a.max_gb * 2**30 or (avail is not None and need > avail):
             print(f"  {size}: not measured: estimated footprint {need / 2**30:.1f} GiB exceeds --max-gb "

@@ -50,6 +50,13 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.tie_head must be a bool, got {self.tie_head!r}")
         return self
 
+    def num_parameters(self) -> int:
+        """Parameter count of ``GPT(self)`` without building it."""
+        d, h = self.d_model, self.mlp_ratio * self.d_model
+        block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+        head = 0 if self.tie_head else d * self.vocab_size
+        return self.vocab_size * d + self.block_size * d + self.n_layer * block + 2 * d + head
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, c: GPTConfig) -> None:

@@ -5,15 +5,18 @@ import torch
 from torch import nn
 
 from cltk.benchmark import scaling
-from cltk.benchmark.gpt import GPT, SIZES, GPTConfig
+from cltk.benchmark.scaling import SIZES
 from cltk.benchmark.timing import num_threads
+from cltk.lm.gpt import GPT, GPTConfig
 
-TINY = GPTConfig(d_model=32, n_layer=2, n_head=2, vocab_size=64, seq_len=16)
+TINY = GPTConfig(d_model=32, n_layer=2, n_head=2, vocab_size=64, block_size=16)
 
 
 def test_named_sizes_hit_their_targets():
-    assert TINY.num_parameters() == GPT(TINY).num_parameters()
-    assert SIZES["10M"].num_parameters() == GPT(SIZES["10M"]).num_parameters()
+    assert TINY.num_parameters() == GPT(TINY).n_params()
+    assert SIZES["10M"].num_parameters() == GPT(SIZES["10M"]).n_params()
+    tied = GPTConfig(d_model=32, n_layer=2, n_head=2, vocab_size=64, block_size=16, tie_head=True)
+    assert tied.num_parameters() == GPT(tied).n_params()
     counts = {k: c.num_parameters() for k, c in SIZES.items()}
     for name, target in (("10M", 10e6), ("30M", 30e6), ("100M", 100e6), ("300M", 300e6), ("1B", 1e9)):
         assert 0.9 * target <= counts[name] <= 1.1 * target, (name, counts[name])
@@ -29,10 +32,10 @@ def test_gpt_is_causal_and_checks_its_input():
     assert a.shape == (2, 16, 64)
     torch.testing.assert_close(a[:, :10], b[:, :10])  # later tokens do not leak into earlier positions
     assert not torch.allclose(a[:, 10:], b[:, 10:])
-    with pytest.raises(ValueError, match=r"idx must be \(batch, t\) with t <= 16, got \[1, 17\]"):
+    with pytest.raises(ValueError, match="sequence length 17 exceeds block_size 16"):
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="d_model .* must be divisible by n_head"):
-        GPTConfig(d_model=30, n_layer=1, n_head=4)
+        GPT(GPTConfig(d_model=30, n_layer=1, n_head=4))
 
 
 @pytest.mark.parametrize("provider", ["adamw_forloop", "adamw_foreach", "adamw_fused", "hook_quantile_ref",
