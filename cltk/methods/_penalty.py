@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["QuadraticTerm", "quadratic_penalty", "quadratic_penalty_ref", "merge_quadratic_terms",
-           "trainable_parameters", "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_", "detached_copy", "check_like"]
+           "trainable_parameters", "per_sample_grad_moment", "rank_shard", "unwrap_ddp", "all_reduce_mean_",
+           "detached_copy", "check_like"]
 
 # (coefficient c_k, importances w_k, anchors a_k)
 QuadraticTerm = tuple[float, list[Tensor], list[Tensor]]
@@ -331,19 +332,19 @@ class QuadraticRegularizer:
     def penalty(self, model: nn.Module) -> Optional[Tensor]:
         if not self.importances:
             return None
-        terms = self.penalty_terms()
-        if len(terms) == 1:
+        terms = [t for t in self.penalty_terms() if t[0] != 0.0]
+        if len(terms) <= 1:
             return quadratic_penalty(trainable_parameters(model), terms)
         # Several terms (EWC after the second task): one merged term plus a constant, so that a step costs one
-        # term's passes over the parameters whatever the number of tasks.
-        coefs = tuple(t[0] for t in terms)
+        # term's passes over the parameters whatever the number of tasks. Formed again whenever a term is added or
+        # replaced or a coefficient changes.
+        key = (tuple(t[0] for t in terms), tuple(map(id, self.importances)), tuple(map(id, self.anchors)))
         cache = getattr(self, "_merged", None)
-        if cache is None or cache[0] is not self.importances or cache[1] is not self.anchors or cache[2] != coefs \
-                or any(a is not b for a, b in zip(cache[3], self.importances)) or len(cache[3]) != len(terms):
-            merged, const = merge_quadratic_terms(terms)
-            cache = (self.importances, self.anchors, coefs, list(self.importances), merged, const)
+        if cache is None or cache[0] != key:
+            # the cache keeps the term lists alive, so their ids cannot be reused while it holds them
+            cache = (key, list(self.importances), list(self.anchors), *merge_quadratic_terms(terms))
             self._merged = cache
-        merged, const = cache[4], cache[5]
+        merged, const = cache[3], cache[4]
         pen = quadratic_penalty(trainable_parameters(model), [merged])
         return const if pen is None else pen + const
 

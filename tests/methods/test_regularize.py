@@ -206,6 +206,25 @@ def test_merged_terms_match_the_sum_of_terms(streams, dtype):
     assert float(merged[1][0][0].abs().max()) == 0.0
 
 
+def test_ewc_merged_penalty_follows_new_terms_and_zero_strength(streams):
+    """The merged term is formed again when a term is added or the strength changes; strength 0 gives no penalty."""
+    model = tiny_mlp(streams["task"])
+    params = trainable_parameters(model)
+    m = get_method("ewc", lambda_=3.0)
+    g = torch.Generator().manual_seed(5)
+    for k in range(4):
+        m.importances.append([torch.rand(p.shape, generator=g) for p in params])
+        m.anchors.append([p.detach() + torch.randn(p.shape, generator=g) * 0.1 for p in params])
+        if k == 0:
+            continue
+        torch.testing.assert_close(m.penalty(model), quadratic_penalty_ref(params, m.penalty_terms()),
+                                   **tol(torch.float32))
+    m.config.lambda_ = 7.0
+    torch.testing.assert_close(m.penalty(model), quadratic_penalty_ref(params, m.penalty_terms()), **tol(torch.float32))
+    m.config.lambda_ = 0.0
+    assert m.penalty(model) is None
+
+
 def test_penalty_is_none_without_terms_or_with_zero_strength(streams):
     params = trainable_parameters(tiny_mlp(streams["task"]))
     assert quadratic_penalty(params, []) is None
