@@ -30,12 +30,11 @@ import argparse
 import csv
 import dataclasses
 import sys
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cltk.benchmark import sgemm_peak_gflops
+from cltk.benchmark import measure, sgemm_peak_gflops
 from cltk.loop import run
 from cltk.methods import method_class
 from cltk.models import build_model
@@ -44,27 +43,20 @@ from cltk.streams.builders import make_stream
 
 
 def adam_step_seconds(params: list[torch.Tensor], lr: float, steps: int = 200, runs: int = 7) -> float:
-    """Time of one fused Adam step over ``params`` (random gradients, warm state; the fastest of ``runs`` samples)."""
+    """Time of one fused Adam step over ``params`` (random gradients, warm state; the fastest of ``runs`` samples
+    of ``steps`` steps)."""
     params = [p.detach().clone().requires_grad_(True) for p in params]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2
     opt = torch.optim.Adam(params, lr=lr, fused=True)
-    for _ in range(20):
-        opt.step()
-    samples = []
-    for _ in range(runs):
-        t0 = time.process_time()
-        for _ in range(steps):
-            opt.step()
-        samples.append((time.process_time() - t0) / steps)
-    return min(samples)
+    return min(measure(opt.step, runs=runs, warmup=20, number=steps).samples)
 
 
 def bare_step_seconds(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, batch_size: int,
                       steps: int = 300, runs: int = 7) -> float:
     """Median time of one step of a bare PyTorch loop on ``net``: draw a minibatch, forward, cross-entropy,
     backward, fused Adam (what a finetune iteration is, without cltk's loop, hooks or bookkeeping), with denormals
-    flushed as cltk's loop does (the median of ``runs`` samples)."""
+    flushed as cltk's loop does (``runs`` samples of ``steps`` steps)."""
     opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     x = x.flatten(1)
     g = torch.Generator().manual_seed(0)
@@ -78,18 +70,10 @@ def bare_step_seconds(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr
 
     flush = torch.set_flush_denormal(True)
     try:
-        for _ in range(30):
-            step()
-        samples = []
-        for _ in range(runs):
-            t0 = time.process_time()
-            for _ in range(steps):
-                step()
-            samples.append((time.process_time() - t0) / steps)
+        return measure(step, runs=runs, warmup=30, number=steps).median
     finally:
         if flush:
             torch.set_flush_denormal(False)
-    return sorted(samples)[runs // 2]
 
 
 def run_flops(cls, config, benchmark: str, scenario: str, iters: int, batch_size: int, model: str) -> int:

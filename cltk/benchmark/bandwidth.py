@@ -16,7 +16,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -136,16 +135,6 @@ def sgemm_peak_gflops(n: int = 1024, runs: int = 7, best: bool = False) -> float
     """Single-thread fp32 ``torch.mm`` of two n x n matrices on the CPU: the machine's measured FMA peak in GFLOP/s,
     against which a compute-bound kernel's GFLOP/s are read. The median of ``runs`` process-CPU-time samples, or
     with ``best`` the fastest (for lower bounds: a busy machine then makes the bound lower, never higher)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        samples = []
-        for _ in range(runs):
-            t0 = time.process_time()
-            torch.mm(a, b)
-            samples.append(time.process_time() - t0)
-    finally:
-        torch.set_num_threads(prev)
-    return 2 * n**3 / (min(samples) if best else sorted(samples)[runs // 2]) / 1e9
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = measure(lambda: torch.mm(a, b), runs=runs, warmup=1, number=1, threads=1)
+    return 2 * n**3 / (min(t.samples) if best else t.median) / 1e9

@@ -118,7 +118,7 @@ class Piggyback(FrozenBackboneMethod):
 
     def mask_bits(self, task: int) -> int:
         """Bits of task ``task``'s masks stored binarised (one per masked weight)."""
-        return sum(m.masks[task].numel() for m in self.layers)
+        return sum(p.numel() for p in self.layer_parameters(task))
 
     @torch.no_grad()
     def mask_density(self, task: int) -> float:
