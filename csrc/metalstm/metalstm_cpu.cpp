@@ -54,7 +54,7 @@ inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 
 // sigmoid(x) = 1 / (1 + exp(-x)); tanh(x) = 2 sigmoid(2x) - 1. In fp32 the exponential is a degree-5
 // polynomial (AVX-512: exp2_avx512 below; AVX2: at::vec's exp_u20, about 20 ulp) and the division a 14-bit
-// reciprocal refined by one Newton step: the accurate library exp/tanh and vdivps would cost as much as all the
+// reciprocal refined by one Newton step (AVX2: a 12-bit one and two steps): the accurate library exp/tanh and vdivps would cost as much as all the
 // gate FMAs. Relative error of sigmoid stays near 1e-6 (checked against the fp32 reference in
 // tests/ops/test_metalstm.py). fp64 uses exact exp and division.
 template <typename T>
@@ -73,10 +73,17 @@ inline Vec<T> sigmoid(const Vec<T>& x) {
 }
 
 #if defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+// vrcpps is good to 12 bits only (AVX-512's vrcp14ps to 14). One Newton step r (2 - d r) left a saturated gate one
+// ulp below 1, where the reference's 1 / (1 + e) rounds to exactly 1 (and r (2 - d r) cannot move off 1 - 2^-24:
+// 2 - d r rounds to 2 - 1); its derivative s (1 - s) was then 6e-8 instead of 0, which an input of 1000 turned into a
+// w_ih gradient off by 1e-5 of its scale. Two steps in the form r + r (1 - d r), each with fused multiply-adds,
+// round like the division.
 template <>
 inline Vec<float> recip<float>(const Vec<float>& d) {
-  const __m256 r = _mm256_rcp_ps(d);
-  return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
+  const __m256 one = _mm256_set1_ps(1.f);
+  __m256 r = _mm256_rcp_ps(d);
+  r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, one), r);
+  return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(d, r, one), r);
 }
 
 // exp_u20 clamps its argument to [ln(FLT_MIN), ln(FLT_MAX)], but at the top of that range it returns +inf (it
