@@ -111,6 +111,7 @@ def _sources(with_cuda: bool) -> list[str]:
     srcs = ["csrc/cltk.cpp"]
     srcs += rel(glob.glob(os.path.join(ROOT, "csrc", "*", "*_schema.cpp")))
     srcs += rel(glob.glob(os.path.join(ROOT, "csrc", "*", "*_cpu.cpp")))
+    srcs += rel(glob.glob(os.path.join(ROOT, "csrc", "*", "*_autograd.cpp")))
     if with_cuda:
         srcs += rel(glob.glob(os.path.join(ROOT, "csrc", "*", "*_cuda_glue.cpp")))
         srcs += rel(glob.glob(os.path.join(ROOT, "csrc", "*", "*.cu")))

@@ -192,40 +192,6 @@ class _Modulate(torch.autograd.Function):
         return (gw if need_w else None), (gm if need_m else None), None, None
 
 
-class _ModulateMulti(torch.autograd.Function):
-    """Eager autograd of the multi-tensor op (see _Modulate); ``outs`` empty means fresh outputs."""
-
-    @staticmethod
-    def forward(ctx, align_corners: bool, n: int, *tensors: Tensor):
-        weights, mods, outs = list(tensors[:n]), list(tensors[n : 2 * n]), list(tensors[2 * n :])
-        if outs:
-            torch.ops.cltk.bicubic_modulate_multi_out_(
-                weights, mods, align_corners, [o if o.dim() == 2 else o.flatten(1) for o in outs]
-            )
-            ctx.mark_dirty(*outs)
-            res = outs
-        else:
-            res = torch.ops.cltk.bicubic_modulate_multi(weights, mods, align_corners)
-        ctx.save_for_backward(*weights, *mods)
-        ctx.align_corners, ctx.n, ctx.with_out = align_corners, n, bool(outs)
-        return tuple(res)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        n = ctx.n
-        saved = ctx.saved_tensors
-        weights, mods = list(saved[:n]), list(saved[n:])
-        need_w = any(ctx.needs_input_grad[2 : 2 + n])
-        need_m = any(ctx.needs_input_grad[2 + n : 2 + 2 * n])
-        gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(
-            [g if g.dim() == 2 else g.flatten(1) for g in grads], weights, mods,
-            ctx.align_corners, need_w, need_m
-        )
-        gws = [g if need else None for g, need in zip(gws, ctx.needs_input_grad[2 : 2 + n])] if need_w else [None] * n
-        gms = [g if need else None for g, need in zip(gms, ctx.needs_input_grad[2 + n : 2 + 2 * n])] if need_m else [None] * n
-        return (None, None, *gws, *gms, *([None] * (n if ctx.with_out else 0)))
-
-
 def _is_identity(w2: Tensor, mod: Tensor) -> bool:
     """A grid of the weight's own 2-D size: ``up`` is the identity on finite values. Such calls take the reference
     path: F.interpolate's backward copies ``grad * W`` to the grid for equal sizes, where the native kernels' cubic
@@ -264,50 +230,79 @@ def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *
     return _Modulate.apply(w2, mod, bool(align_corners), None).view(weight.shape)
 
 
+def _one_native_group(weights: Sequence[Tensor], mods: Sequence[Tensor]) -> bool:
+    """Whether the lists form one group for the native op: every weight on the device and of the dtype of the
+    first, and no grid of its weight's own 2-D size (see _is_identity; only a grid no larger than a tiny weight
+    can be). The native op checks everything else."""
+    w0 = weights[0]
+    dev, dt = w0.device, w0.dtype
+    for w, m in zip(weights, mods):
+        if w.device != dev or w.dtype != dt:
+            return False
+        ws, ms = w.shape, m.shape
+        if len(ms) == 2 and len(ws) in (2, 4) and ms[0] == ws[0] and ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
+            return False
+    return True
+
+
 def bicubic_modulate_multi(
     weights: Sequence[Tensor], mods: Sequence[Tensor], align_corners: bool = False, *, out: Optional[Sequence[Tensor]] = None
 ) -> list[Tensor]:
     """:func:`bicubic_modulate` for a whole list of weights (a backbone) in one native call per (device, dtype).
 
     ``weights[k]`` and ``mods[k]`` follow the rules of :func:`bicubic_modulate`; ``out``, when given, is a list of
-    persistent buffers, one per weight, written in place and returned. The backward is one native call per group too.
+    persistent buffers, one per weight, written in place and returned (as aliases that carry the autograd history).
+    The backward is one native call per group too, from one C++ autograd node per group.
     """
+    if (
+        _ext.available() and isinstance(weights, (list, tuple)) and isinstance(mods, (list, tuple))
+        and 0 < len(weights) == len(mods) and isinstance(weights[0], Tensor)
+        and (out is None or (isinstance(out, (list, tuple)) and len(out) == len(weights)))
+        and _ext.use_native("bicubic_modulate_multi", weights[0])
+    ):
+        # The usual call: one device and dtype, no identity-size grid. The native op checks every argument; when
+        # it refuses them, the checked path below runs and raises the argument's error.
+        try:
+            if _one_native_group(weights, mods):
+                if out is None:
+                    return torch.ops.cltk.bicubic_modulate_multi(weights, mods, bool(align_corners))
+                outs = [o.detach() for o in out]
+                torch.ops.cltk.bicubic_modulate_multi_out_(weights, mods, bool(align_corners), outs)
+                return outs
+        except (RuntimeError, ValueError, TypeError, AttributeError):
+            pass
     sizes = _check_lists("bicubic_modulate_multi", weights, mods, out)
     n = len(weights)
     if n == 0:
         return []
-    w2s = [w if w.dim() == 2 else w.flatten(1) for w in weights]  # as_2d_weight; flatten parses faster
-    # One group per (device, dtype, identity-size grid); the usual backbone is a single group, taken without the
-    # index bookkeeping. Identity-size grids go to the reference path (see _is_identity).
-    keys = [(w.device, w.dtype, tuple(m.shape) == size) for w, m, size in zip(w2s, mods, sizes)]
-    k0 = keys[0]
-    if all(key == k0 for key in keys):
-        groups = {k0: range(n)}
-    else:
-        groups = {}
-        for k, key in enumerate(keys):
-            groups.setdefault(key, []).append(k)
+    # One group per (device, dtype, identity-size grid). Identity-size grids go to the reference path (see
+    # _is_identity).
+    groups: dict = {}
+    for k, (w, m, size) in enumerate(zip(weights, mods, sizes)):
+        groups.setdefault((w.device, w.dtype, tuple(m.shape) == size), []).append(k)
     result: list[Optional[Tensor]] = [None] * n
     for (_, _, identity), idx in groups.items():
-        gw = [w2s[k] for k in idx]
+        gw = [weights[k] for k in idx]
         gm = [mods[k] for k in idx]
         if identity or not _ext.use_native("bicubic_modulate_multi", gw[0]):
             outs = [out[k] for k in idx] if out is not None else None
-            res = bicubic_modulate_multi_ref([weights[k] for k in idx], gm, align_corners, out=outs)
-        elif not torch.is_grad_enabled() or not any(t.requires_grad for t in (*gw, *gm)):
-            if out is None:
-                res = torch.ops.cltk.bicubic_modulate_multi(gw, gm, bool(align_corners))
-            else:
-                res = [out[k] for k in idx]
-                torch.ops.cltk.bicubic_modulate_multi_out_(
-                    gw, gm, bool(align_corners), [o if o.dim() == 2 else o.flatten(1) for o in res]
-                )
+            res = bicubic_modulate_multi_ref(gw, gm, align_corners, out=outs)
+        elif out is None:
+            res = torch.ops.cltk.bicubic_modulate_multi(gw, gm, bool(align_corners))
         else:
-            outs = [out[k].detach() for k in idx] if out is not None else []
-            res = _ModulateMulti.apply(bool(align_corners), len(idx), *gw, *gm, *outs)
+            res = [out[k].detach() for k in idx]
+            torch.ops.cltk.bicubic_modulate_multi_out_(gw, gm, bool(align_corners), res)
         for k, r in zip(idx, res):
-            result[k] = r if out is not None or r.dim() == weights[k].dim() else r.view(weights[k].shape)
+            result[k] = r
     return result  # type: ignore[return-value]
+
+
+def _check_one_device(op: str, weights) -> None:
+    """The native multi-tensor kernels' device rule, for the fake kernels (a list mixing devices dispatches to one
+    device's kernel)."""
+    for k, w in enumerate(weights):
+        if w.device != weights[0].device:
+            raise RuntimeError(f"{op}: weights[{k}] must be on the device of weights[0] ({weights[0].device}), got {w.device}")
 
 
 def _register() -> None:
@@ -329,14 +324,17 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "bicubic_modulate_multi")
     def _(weights, mods, align_corners):
+        _check_one_device("bicubic_modulate_multi", weights)
         return [w.new_empty(w.shape) for w in weights]
 
     @torch.library.register_fake(lib + "bicubic_modulate_multi_out_")
     def _(weights, mods, align_corners, outs):
+        _check_one_device("bicubic_modulate_multi_out_", weights)
         return None
 
     @torch.library.register_fake(lib + "bicubic_modulate_multi_backward")
     def _(grads, weights, mods, align_corners, weight_requires_grad, mod_requires_grad):
+        _check_one_device("bicubic_modulate_multi_backward", weights)
         gws = [w.new_empty(w.shape) if weight_requires_grad else w.new_empty((0,)) for w in weights]
         gms = [m.new_empty(m.shape) if mod_requires_grad else m.new_empty((0,)) for m in mods]
         return gws, gms
@@ -353,29 +351,6 @@ def _register() -> None:
         return (gw if need_w else None), (gm if need_m else None), None
 
     torch.library.register_autograd(lib + "bicubic_modulate", _backward, setup_context=_setup)
-
-    def _setup_multi(ctx, inputs, output):
-        weights, mods, align_corners = inputs
-        ctx.align_corners = align_corners
-        ctx.n = len(weights)
-        ctx.save_for_backward(*weights, *mods)
-
-    def _backward_multi(ctx, grads):
-        saved = ctx.saved_tensors
-        weights, mods = list(saved[: ctx.n]), list(saved[ctx.n :])
-        n = ctx.n
-        need_w, need_m = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_w = list(need_w) if isinstance(need_w, (list, tuple)) else [bool(need_w)] * n
-        need_m = list(need_m) if isinstance(need_m, (list, tuple)) else [bool(need_m)] * n
-        grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, weights)]
-        gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(
-            grads, weights, mods, ctx.align_corners, any(need_w), any(need_m)
-        )
-        gws = [g if need else None for g, need in zip(gws, need_w)]
-        gms = [g if need else None for g, need in zip(gms, need_m)]
-        return gws, gms, None
-
-    torch.library.register_autograd(lib + "bicubic_modulate_multi", _backward_multi, setup_context=_setup_multi)
 
 
 if _ext.available():

@@ -13,12 +13,19 @@ inline std::string arg_name(const char* base, int64_t index) {
   return index < 0 ? std::string(base) : std::string(base) + "[" + std::to_string(index) + "]";
 }
 
-// weight [out, in] and mod [m1, m2] with 1 <= m1 <= out, 1 <= m2 <= in (an empty weight takes any mod with
-// non-zero sizes), same dtype (float32 or float64) and same device.
+// The 2-D size a weight is modulated as: [out, in] as is, a conv weight [out, in, kh, kw] as [out, in * kh * kw].
+inline int64_t fan_in(const at::Tensor& weight) {
+  return weight.dim() == 4 ? weight.size(1) * weight.size(2) * weight.size(3) : weight.size(1);
+}
+
+// weight [out, in] or [out, in, kh, kw] (modulated as [out, in * kh * kw]) and mod [m1, m2] with 1 <= m1 <= out,
+// 1 <= m2 <= fan-in (an empty weight takes any mod with non-zero sizes), same dtype (float32 or float64) and
+// same device.
 inline void check_weight_mod(const char* op, const at::Tensor& weight, const at::Tensor& mod, int64_t index = -1) {
   const std::string wn = index >= 0 ? arg_name("weights", index) : std::string("weight");
   const std::string mn = index >= 0 ? arg_name("mods", index) : std::string("mod");
-  TORCH_CHECK(weight.dim() == 2, op, ": ", wn, " must be 2-D (out, in), got shape ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 2 || weight.dim() == 4, op, ": ", wn,
+              " must be 2-D (out, in) or 4-D (out, in, kh, kw), got shape ", weight.sizes());
   TORCH_CHECK(mod.dim() == 2, op, ": ", mn, " must be 2-D (m1, m2), got shape ", mod.sizes());
   TORCH_CHECK(weight.device() == mod.device(), op, ": ", wn, " and ", mn, " must be on the same device, got ",
               weight.device(), " (", wn, " ", weight.sizes(), ") and ", mod.device(), " (", mn, " ", mod.sizes(), ")");
@@ -29,10 +36,12 @@ inline void check_weight_mod(const char* op, const at::Tensor& weight, const at:
               " must be float32 or float64, got ", weight.scalar_type());
   TORCH_CHECK(mod.size(0) >= 1 && mod.size(1) >= 1, op, ": ", mn, " must have at least one row and one column, got shape ",
               mod.sizes());
-  const bool empty = weight.size(0) == 0 || weight.size(1) == 0;
-  TORCH_CHECK(empty || (mod.size(0) <= weight.size(0) && mod.size(1) <= weight.size(1)), op, ": ", mn,
+  const int64_t in = fan_in(weight);
+  const bool empty = weight.size(0) == 0 || in == 0;
+  TORCH_CHECK(empty || (mod.size(0) <= weight.size(0) && mod.size(1) <= in), op, ": ", mn,
               " must not be larger than ", wn, " in either dimension, got ", mn, " ", mod.sizes(), " for ", wn, " ",
-              weight.sizes());
+              weight.sizes(), weight.dim() == 4 ? " (modulated as [" + std::to_string(weight.size(0)) + ", " +
+                                                      std::to_string(in) + "])" : std::string());
 }
 
 inline void check_same_as_weight(const char* op, const char* name, const at::Tensor& t, const at::Tensor& weight,
@@ -57,7 +66,11 @@ inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& w
 inline void check_lists(const char* op, at::TensorList weights, at::TensorList mods) {
   TORCH_CHECK(weights.size() == mods.size(), op, ": weights and mods must have the same length, got ", weights.size(),
               " and ", mods.size());
-  for (size_t k = 0; k < weights.size(); ++k) check_weight_mod(op, weights[k], mods[k], static_cast<int64_t>(k));
+  for (size_t k = 0; k < weights.size(); ++k) {
+    check_weight_mod(op, weights[k], mods[k], static_cast<int64_t>(k));
+    TORCH_CHECK(weights[k].device() == weights[0].device(), op, ": ", arg_name("weights", static_cast<int64_t>(k)),
+                " must be on the device of weights[0] (", weights[0].device(), "), got ", weights[k].device());
+  }
 }
 
 }  // namespace cltk_bicubic

@@ -24,7 +24,7 @@ void forward_one(const char* op, const at::Tensor& weight, const at::Tensor& mod
   if (weight.numel() == 0) return;
   const at::Tensor w = weight.contiguous();
   const at::Tensor m = mod.contiguous();
-  const int64_t O = w.size(0), I = w.size(1), m1 = m.size(0), m2 = m.size(1);
+  const int64_t O = w.size(0), I = fan_in(w), m1 = m.size(0), m2 = m.size(1);
   at::Tensor ws = at::empty({bicubic_modulate_workspace(O, I, m1, m2)}, w.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "bicubic_modulate_cuda", [&] {
@@ -39,7 +39,7 @@ void backward_one(const char* op, const at::Tensor& grad, const at::Tensor& weig
   const at::Tensor g = grad.contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor m = mod.contiguous();
-  const int64_t O = w.size(0), I = w.size(1), m1 = m.size(0), m2 = m.size(1);
+  const int64_t O = w.size(0), I = fan_in(w), m1 = m.size(0), m2 = m.size(1);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "bicubic_modulate_backward_cuda", [&] {
     const int64_t n = bicubic_modulate_backward_workspace<scalar_t>(O, I, m1, m2, align_corners);

@@ -161,6 +161,70 @@ def test_multi_matches_per_weight_mixed_shapes_and_dtypes():
 
 
 @native
+def test_native_ops_take_conv_weights_as_their_2d_view():
+    """The native ops modulate a 4-D (out, in, kh, kw) weight as its (out, in*kh*kw) view, as the wrappers do."""
+    g = torch.Generator().manual_seed(9)
+    ops = torch.ops.cltk
+    w4, m = torch.randn(6, 4, 3, 3, generator=g), torch.rand(3, 5, generator=g)
+    grad4 = torch.randn(6, 4, 3, 3, generator=g)
+    w2, grad2 = w4.reshape(6, 36), grad4.reshape(6, 36)
+    assert torch.equal(ops.bicubic_modulate(w4, m, False), ops.bicubic_modulate(w2, m, False).reshape(6, 4, 3, 3))
+    (y4,), (y2,) = ops.bicubic_modulate_multi([w4], [m], True), ops.bicubic_modulate_multi([w2], [m], True)
+    assert y4.shape == w4.shape and torch.equal(y4, y2.reshape(w4.shape))
+    gw4, gm4 = ops.bicubic_modulate_backward(grad4, w4, m, False, True, True)
+    gw2, gm2 = ops.bicubic_modulate_backward(grad2, w2, m, False, True, True)
+    assert gw4.shape == w4.shape and torch.equal(gw4, gw2.reshape(w4.shape)) and torch.equal(gm4, gm2)
+    with pytest.raises(RuntimeError, match=r"mod must not be larger than weight.*\[7, 2\] for weight \[6, 4, 3, 3\] "
+                                           r"\(modulated as \[6, 36\]\)"):
+        ops.bicubic_modulate(w4, torch.ones(7, 2), False)
+    # a list mixing devices dispatches to one device's kernel (here the fake one, for meta): refused there
+    with pytest.raises(RuntimeError, match=r"weights\[1\] must be on the device of weights\[0\] \(cpu\), got meta"):
+        ops.bicubic_modulate_multi_backward([grad2, grad2.to("meta")], [w2, w2.to("meta")], [m, m.to("meta")], False,
+                                            False, True)
+    # the wrapper groups such lists by device instead
+    ys = bicubic_modulate_multi([w2, w2.to("meta")], [m, m.to("meta")])
+    assert ys[1].device.type == "meta" and torch.equal(ys[0], ops.bicubic_modulate(w2, m, False))
+
+
+@native
+def test_multi_autograd_node():
+    """The multi-tensor ops' C++ autograd: one node for the list, buffers marked dirty (their version bumped and
+    their history that node), saved weights and mods version-checked, gradients only for inputs that need them."""
+    g = torch.Generator().manual_seed(10)
+    ws = [torch.randn(12, 5, generator=g), torch.randn(8, 2, 3, 3, generator=g)]
+    ms = [torch.rand(3, 2, generator=g).requires_grad_(), torch.rand(4, 4, generator=g).requires_grad_()]
+    bufs = [torch.empty_like(w) for w in ws]
+    before = [b._version for b in bufs]
+    ys = bicubic_modulate_multi(ws, ms, out=bufs)
+    assert all(y.data_ptr() == b.data_ptr() for y, b in zip(ys, bufs))
+    assert all(b._version > v for b, v in zip(bufs, before))
+    assert ys[0].grad_fn is not None and ys[0].grad_fn is ys[1].grad_fn
+    assert all(b.grad_fn is None for b in bufs)             # the caller's buffers stay plain; the aliases carry it
+    gs = [torch.randn_like(w) for w in ws]
+    ref = torch.autograd.grad(bicubic_modulate_multi_ref(ws, ms), ms, gs)
+    got = torch.autograd.grad(ys, ms, gs)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, **tol(torch.float32))
+    # a saved mod changed in place before the backward: refused, as for torch's own ops
+    ys = bicubic_modulate_multi(ws, ms)
+    with torch.no_grad():
+        ms[1].mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(ys, ms, gs)
+    # only the weight that requires grad gets one; no node at all without grad mode
+    w0 = ws[0].clone().requires_grad_()
+    ys = bicubic_modulate_multi([w0, ws[1]], [ms[0].detach(), ms[1].detach()])
+    (gw,) = torch.autograd.grad(ys[0], [w0], gs[0])
+    torch.testing.assert_close(gw, bicubic_modulate_ref(w0.detach(), ms[0].detach()) / w0.detach() * gs[0],
+                               **tol(torch.float32))
+    assert ys[1].grad_fn is ys[0].grad_fn
+    with torch.no_grad():
+        v = bufs[0]._version
+        ys = bicubic_modulate_multi(ws, ms, out=bufs)
+        assert ys[0].grad_fn is None and bufs[0]._version > v
+
+
+@native
 def test_backward_is_deterministic_across_thread_counts():
     g = torch.Generator().manual_seed(5)
     w, grad = torch.randn(1100, 70, generator=g), torch.randn(1100, 70, generator=g)
@@ -216,6 +280,11 @@ def test_gradcheck_out_and_multi(align_corners):
     assert torch.autograd.gradcheck(
         lambda a, b, c, d: tuple(bicubic_modulate_multi([a, c], [b, d], align_corners)), (w, mod, w2, m2)
     )
+    bufs = [torch.empty(5, 7, dtype=torch.float64), torch.empty(4, 6, dtype=torch.float64)]
+    assert torch.autograd.gradcheck(
+        lambda a, b, c, d: tuple(y.clone() for y in bicubic_modulate_multi([a, c], [b, d], align_corners, out=bufs)),
+        (w, mod, w2, m2),
+    )
 
 
 @native
@@ -239,6 +308,14 @@ def test_opcheck(align_corners):
     torch.library.opcheck(
         ops.bicubic_modulate_multi_backward, ([grad, torch.randn(5, 9, generator=g)], [w, w2], [mod, m2], align_corners, True, True)
     )
+    # conv weights (4-D, modulated as their 2-D view) and the C++ autograd with both inputs requiring grad
+    w4, m4 = torch.randn(6, 2, 3, 3, generator=g), torch.rand(3, 4, generator=g)
+    torch.library.opcheck(
+        ops.bicubic_modulate_multi,
+        ([w.clone().requires_grad_(), w4.clone().requires_grad_()], [mod.clone().requires_grad_(), m4.clone().requires_grad_()], align_corners),
+    )
+    torch.library.opcheck(ops.bicubic_modulate_multi_out_, ([w4], [m4], align_corners, [torch.empty_like(w4)]))
+    torch.library.opcheck(ops.bicubic_modulate, (w4, m4.clone().requires_grad_(), align_corners))
 
 
 BAD = [
