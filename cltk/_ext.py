@@ -56,17 +56,27 @@ def reason() -> str | None:
     return _reason
 
 
+_has_kernel_cache: dict[tuple[str, str], bool] = {}
+
+
 def has_kernel(op: str, device_type: str) -> bool:
-    """Whether ``cltk::<op>`` has a kernel registered for ``device_type`` ('cpu' or 'cuda')."""
+    """Whether ``cltk::<op>`` has a kernel registered for ``device_type`` ('cpu' or 'cuda'). The answer is cached
+    per (op, device type): cltk._C registers all its kernels when it loads, and the dispatcher lookups cost about
+    12 us, which every wrapper call would pay."""
     if not _loaded:
         return False
+    cached = _has_kernel_cache.get((op, device_type))
+    if cached is not None:
+        return cached
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     if key is None:
-        return False
-    name = f"cltk::{op}"
-    if not torch._C._dispatch_has_kernel(name):   # an op this build of _C does not define (e.g. an older build)
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+        found = False
+    else:
+        name = f"cltk::{op}"
+        # an op this build of _C does not define (e.g. an older build) has no kernel
+        found = torch._C._dispatch_has_kernel(name) and torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+    _has_kernel_cache[(op, device_type)] = found
+    return found
 
 
 def use_native(op: str, *tensors: torch.Tensor) -> bool:
