@@ -230,19 +230,14 @@ def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *
     return _Modulate.apply(w2, mod, bool(align_corners), None).view(weight.shape)
 
 
-def _one_native_group(weights: Sequence[Tensor], mods: Sequence[Tensor]) -> bool:
-    """Whether the lists form one group for the native op: every weight on the device and of the dtype of the
-    first, and no grid of its weight's own 2-D size (see _is_identity; only a grid no larger than a tiny weight
-    can be). The native op checks everything else."""
-    w0 = weights[0]
-    dev, dt = w0.device, w0.dtype
+def _has_identity_grid(weights: Sequence[Tensor], mods: Sequence[Tensor]) -> bool:
+    """Whether some grid has its weight's own 2-D size (see _is_identity; only a grid no larger than a tiny weight
+    can)."""
     for w, m in zip(weights, mods):
-        if w.device != dev or w.dtype != dt:
-            return False
         ws, ms = w.shape, m.shape
-        if len(ms) == 2 and len(ws) in (2, 4) and ms[0] == ws[0] and ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
-            return False
-    return True
+        if len(ms) == 2 and ms[0] == ws[0] and len(ws) in (2, 4) and ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
+            return True
+    return False
 
 
 def bicubic_modulate_multi(
@@ -260,10 +255,11 @@ def bicubic_modulate_multi(
         and (out is None or (isinstance(out, (list, tuple)) and len(out) == len(weights)))
         and _ext.use_native("bicubic_modulate_multi", weights[0])
     ):
-        # The usual call: one device and dtype, no identity-size grid. The native op checks every argument; when
-        # it refuses them, the checked path below runs and raises the argument's error.
+        # The usual call: one device and dtype, no identity-size grid. The native op checks every argument (a
+        # list mixing devices, or dtypes on the CPU, included); when it refuses them, the checked path below runs,
+        # which groups such lists or raises the argument's error.
         try:
-            if _one_native_group(weights, mods):
+            if not _has_identity_grid(weights, mods):
                 if out is None:
                     return torch.ops.cltk.bicubic_modulate_multi(weights, mods, bool(align_corners))
                 outs = [o.detach() for o in out]
