@@ -235,8 +235,9 @@ def _has_identity_grid(weights: Sequence[Tensor], mods: Sequence[Tensor]) -> boo
     can)."""
     for w, m in zip(weights, mods):
         ws, ms = w.shape, m.shape
-        if len(ms) == 2 and ms[0] == ws[0] and len(ws) in (2, 4) and ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
-            return True
+        if len(ms) == 2 and ms[0] == ws[0] and len(ws) in (2, 4):
+            if ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
+                return True
     return False
 
 
@@ -298,7 +299,9 @@ def _check_one_device(op: str, weights) -> None:
     device's kernel)."""
     for k, w in enumerate(weights):
         if w.device != weights[0].device:
-            raise RuntimeError(f"{op}: weights[{k}] must be on the device of weights[0] ({weights[0].device}), got {w.device}")
+            raise RuntimeError(
+                f"{op}: weights[{k}] must be on the device of weights[0] ({weights[0].device}), got {w.device}"
+            )
 
 
 def _register() -> None:
