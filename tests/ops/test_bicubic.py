@@ -56,6 +56,11 @@ CASES = [
     ("noncontig", (17, 12), (4, 3), True),
     ("conv4d", (8, 3, 3, 3), (4, 4), False),
     ("depthwise", (12, 1, 3, 3), (4, 4), False),
+    # the row-first backward (grids over 8 columns or long rows; the others are column-first): narrow rows, then
+    # rows over 1024 columns, with both kinds of grid
+    ("grid_wider_than_8", (300, 150), (6, 12), False),
+    ("grid_wider_than_8_long_rows", (20, 1100), (3, 9), False),
+    ("long_rows_4x4", (20, 3000), (4, 4), False),
     ("empty_rows", (0, 7), (2, 3), False),
     ("empty_cols", (4, 0), (2, 3), False),
 ]
@@ -229,17 +234,17 @@ def test_multi_autograd_node():
 def test_backward_is_deterministic_across_thread_counts():
     g = torch.Generator().manual_seed(5)
     w, grad = torch.randn(1100, 70, generator=g), torch.randn(1100, 70, generator=g)
-    mod = torch.rand(4, 4, generator=g)
     before = torch.get_num_threads()
-    outs = []
-    try:
-        for n in (1, 2, 1):
-            torch.set_num_threads(n)
-            outs.append(torch.ops.cltk.bicubic_modulate_backward(grad, w, mod, False, True, True))
-    finally:
-        torch.set_num_threads(before)
-    for gw, gm in outs[1:]:
-        assert torch.equal(gw, outs[0][0]) and torch.equal(gm, outs[0][1])
+    for mod in (torch.rand(4, 4, generator=g), torch.rand(4, 12, generator=g)):  # both backward paths
+        outs = []
+        try:
+            for n in (1, 2, 1):
+                torch.set_num_threads(n)
+                outs.append(torch.ops.cltk.bicubic_modulate_backward(grad, w, mod, False, True, True))
+        finally:
+            torch.set_num_threads(before)
+        for gw, gm in outs[1:]:
+            assert torch.equal(gw, outs[0][0]) and torch.equal(gm, outs[0][1])
 
 
 def test_weight_grad_only_when_required():
@@ -255,7 +260,7 @@ def test_weight_grad_only_when_required():
         assert gw.shape == (9, 8) and gm3.numel() == 0
 
 
-GRADCHECK = [((5, 7), (2, 3)), ((9, 4), (9, 4)), ((6, 2, 2, 2), (3, 3)), ((70, 3), (4, 1))]
+GRADCHECK = [((5, 7), (2, 3)), ((9, 4), (9, 4)), ((6, 2, 2, 2), (3, 3)), ((70, 3), (4, 1)), ((7, 13), (3, 10))]
 
 
 @pytest.mark.parametrize("align_corners", [False, True], ids=["half_pixel", "align_corners"])

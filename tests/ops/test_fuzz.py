@@ -264,7 +264,7 @@ def _bicubic_pair(data, g, dtype, label):
                  data.draw(st.integers(0, 13), label=f"{label}_in"))
         rows, cols = shape
     m1 = data.draw(st.integers(1, max(1, min(rows, 6))), label=f"{label}_m1")
-    m2 = data.draw(st.integers(1, max(1, min(cols, 6))), label=f"{label}_m2")
+    m2 = data.draw(st.integers(1, max(1, min(cols, 10))), label=f"{label}_m2")  # the backward's two paths: m2 <= 8, > 8
     w = torch.randn(shape, generator=g, dtype=dtype)
     mod = torch.randn(m1, m2, generator=g, dtype=dtype)
     return w, mod
