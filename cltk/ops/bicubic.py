@@ -334,8 +334,8 @@ def _register() -> None:
     @torch.library.register_fake(lib + "bicubic_modulate_multi_backward")
     def _(grads, weights, mods, align_corners, weight_requires_grad, mod_requires_grad):
         _check_one_device("bicubic_modulate_multi_backward", weights)
-        gws = [w.new_empty(w.shape) if weight_requires_grad else w.new_empty((0,)) for w in weights]
-        gms = [m.new_empty(m.shape) if mod_requires_grad else m.new_empty((0,)) for m in mods]
+        gws = [w.new_empty(w.shape) for w in weights] if weight_requires_grad else []
+        gms = [m.new_empty(m.shape) for m in mods] if mod_requires_grad else []
         return gws, gms
 
     def _setup(ctx, inputs, output):

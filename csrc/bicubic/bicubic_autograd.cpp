@@ -80,8 +80,13 @@ struct ModulateMulti : public torch::autograd::Function<ModulateMulti> {
       need_w = need_w || ctx->needs_input_grad(k);
       need_m = need_m || ctx->needs_input_grad(n + k);
     }
-    auto [gws, gms] = multi_backward_op().call(grads, weights, mods, ctx->saved_data["align_corners"].toBool(),
-                                               need_w, need_m);
+    std::vector<at::Tensor> gws, gms;
+    {
+      // The backward op has no autograd of its own: skip the autograd fallback, which boxes all 3n tensors.
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(gws, gms) = multi_backward_op().call(grads, weights, mods, ctx->saved_data["align_corners"].toBool(),
+                                                    need_w, need_m);
+    }
     // One gradient per forward input: weights, mods, align_corners, outs.
     variable_list result(ctx->saved_data["with_out"].toBool() ? 3 * n + 1 : 2 * n + 1);
     for (size_t k = 0; k < n; ++k) {
@@ -114,7 +119,7 @@ void bicubic_modulate_multi_out_autograd(at::TensorList weights, at::TensorList 
                                          at::TensorList outs) {
   for (size_t k = 0; k < outs.size(); ++k) {
     TORCH_CHECK_VALUE(!(outs[k].is_leaf() && outs[k].requires_grad()), "bicubic_modulate_multi_out_: ",
-                      cltk_bicubic::arg_name("outs", static_cast<int64_t>(k)),
+                      cltk_bicubic::ArgName{"outs", static_cast<int64_t>(k)},
                       " must not be a leaf that requires grad (it is overwritten in place)");
   }
   if (!records(weights, mods)) {

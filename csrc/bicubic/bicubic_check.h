@@ -5,12 +5,21 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <ostream>
 #include <string>
 
 namespace cltk_bicubic {
 
-inline std::string arg_name(const char* base, int64_t index) {
-  return index < 0 ? std::string(base) : std::string(base) + "[" + std::to_string(index) + "]";
+// An argument's name, written only into a failing check's message (the checks run for every weight of every call;
+// building the names eagerly cost about a microsecond per weight).
+struct ArgName {
+  const char* base;
+  int64_t index;
+};
+inline std::ostream& operator<<(std::ostream& os, const ArgName& a) {
+  os << a.base;
+  if (a.index >= 0) os << "[" << a.index << "]";
+  return os;
 }
 
 // The 2-D size a weight is modulated as: [out, in] as is, a conv weight [out, in, kh, kw] as [out, in * kh * kw].
@@ -22,8 +31,8 @@ inline int64_t fan_in(const at::Tensor& weight) {
 // 1 <= m2 <= fan-in (an empty weight takes any mod with non-zero sizes), same dtype (float32 or float64) and
 // same device.
 inline void check_weight_mod(const char* op, const at::Tensor& weight, const at::Tensor& mod, int64_t index = -1) {
-  const std::string wn = index >= 0 ? arg_name("weights", index) : std::string("weight");
-  const std::string mn = index >= 0 ? arg_name("mods", index) : std::string("mod");
+  const ArgName wn{index >= 0 ? "weights" : "weight", index};
+  const ArgName mn{index >= 0 ? "mods" : "mod", index};
   TORCH_CHECK(weight.dim() == 2 || weight.dim() == 4, op, ": ", wn,
               " must be 2-D (out, in) or 4-D (out, in, kh, kw), got shape ", weight.sizes());
   TORCH_CHECK(mod.dim() == 2, op, ": ", mn, " must be 2-D (m1, m2), got shape ", mod.sizes());
@@ -46,8 +55,8 @@ inline void check_weight_mod(const char* op, const at::Tensor& weight, const at:
 
 inline void check_same_as_weight(const char* op, const char* name, const at::Tensor& t, const at::Tensor& weight,
                                  int64_t index = -1) {
-  const std::string tn = arg_name(name, index);
-  const std::string wn = index >= 0 ? arg_name("weights", index) : std::string("weight");
+  const ArgName tn{name, index};
+  const ArgName wn{index >= 0 ? "weights" : "weight", index};
   TORCH_CHECK(t.sizes() == weight.sizes(), op, ": ", tn, " must have the shape of ", wn, " ", weight.sizes(), ", got ",
               t.sizes());
   TORCH_CHECK(t.scalar_type() == weight.scalar_type(), op, ": ", tn, " must have the dtype of ", wn, " (",
@@ -59,7 +68,7 @@ inline void check_same_as_weight(const char* op, const char* name, const at::Ten
 inline void check_out(const char* op, const at::Tensor& out, const at::Tensor& weight, int64_t index = -1) {
   const char* name = index >= 0 ? "outs" : "out";
   check_same_as_weight(op, name, out, weight, index);
-  TORCH_CHECK(out.is_contiguous(), op, ": ", arg_name(name, index), " must be contiguous, got strides ", out.strides(),
+  TORCH_CHECK(out.is_contiguous(), op, ": ", ArgName{name, index}, " must be contiguous, got strides ", out.strides(),
               " for shape ", out.sizes());
 }
 
@@ -68,7 +77,7 @@ inline void check_lists(const char* op, at::TensorList weights, at::TensorList m
               " and ", mods.size());
   for (size_t k = 0; k < weights.size(); ++k) {
     check_weight_mod(op, weights[k], mods[k], static_cast<int64_t>(k));
-    TORCH_CHECK(weights[k].device() == weights[0].device(), op, ": ", arg_name("weights", static_cast<int64_t>(k)),
+    TORCH_CHECK(weights[k].device() == weights[0].device(), op, ": ", ArgName{"weights", static_cast<int64_t>(k)},
                 " must be on the device of weights[0] (", weights[0].device(), "), got ", weights[k].device());
   }
 }

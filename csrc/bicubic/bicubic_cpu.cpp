@@ -692,9 +692,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> backward_impl(const
   std::vector<at::Tensor> gws, gms;
   std::vector<at::Tensor> gc, wc, mc;
   for (size_t k = 0; k < weights.size(); ++k) {
-    gws.push_back(weight_requires_grad ? at::empty(weights[k].sizes(), weights[k].options())
-                                       : at::empty({0}, weights[k].options()));
-    gms.push_back(mod_requires_grad ? at::empty(mods[k].sizes(), mods[k].options()) : at::empty({0}, mods[k].options()));
+    if (weight_requires_grad) gws.push_back(at::empty(weights[k].sizes(), weights[k].options()));
+    if (mod_requires_grad) gms.push_back(at::empty(mods[k].sizes(), mods[k].options()));
     gc.push_back(grads[k].contiguous());
     wc.push_back(weights[k].contiguous());
     mc.push_back(mods[k].contiguous());
@@ -723,7 +722,8 @@ std::tuple<at::Tensor, at::Tensor> bicubic_modulate_backward_cpu(const at::Tenso
   check_same_as_weight("bicubic_modulate_backward", "grad", grad, weight);
   auto r = backward_impl("bicubic_modulate_backward", {grad}, {weight}, {mod}, align_corners, weight_requires_grad,
                          mod_requires_grad);
-  return {std::get<0>(r)[0], std::get<1>(r)[0]};
+  return {weight_requires_grad ? std::get<0>(r)[0] : at::empty({0}, weight.options()),
+          mod_requires_grad ? std::get<1>(r)[0] : at::empty({0}, mod.options())};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> bicubic_modulate_multi_backward_cpu(

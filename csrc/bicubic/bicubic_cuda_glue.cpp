@@ -118,9 +118,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> bicubic_modulate_mu
   std::vector<at::Tensor> gws, gms;
   for (size_t k = 0; k < weights.size(); ++k) {
     const c10::cuda::CUDAGuard guard(weights[k].device());
-    gws.push_back(weight_requires_grad ? at::empty(weights[k].sizes(), weights[k].options())
-                                       : at::empty({0}, weights[k].options()));
-    gms.push_back(mod_requires_grad ? at::empty(mods[k].sizes(), mods[k].options()) : at::empty({0}, mods[k].options()));
+    if (weight_requires_grad) gws.push_back(at::empty(weights[k].sizes(), weights[k].options()));
+    if (mod_requires_grad) gms.push_back(at::empty(mods[k].sizes(), mods[k].options()));
     backward_one(op, grads[k], weights[k], mods[k], align_corners, weight_requires_grad ? &gws.back() : nullptr,
                  mod_requires_grad ? &gms.back() : nullptr);
   }

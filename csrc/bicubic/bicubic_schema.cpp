@@ -1,6 +1,7 @@
 // Schemas of the bicubic-modulation ops: W_eff = weight * up(mod), where up is PyTorch's bicubic
 // upsampling (F.interpolate(mode="bicubic")) of the low-resolution grid mod [m1, m2] to weight's [out, in].
-// The backward ops return an empty tensor in place of a gradient that was not asked for.
+// The backward ops return an empty tensor in place of a gradient that was not asked for (the multi-tensor one an
+// empty list, rather than one empty tensor per weight).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(cltk, m) {

@@ -258,6 +258,12 @@ def test_weight_grad_only_when_required():
         assert gw.numel() == 0 and gm2.shape == (3, 3)
         gw, gm3 = torch.ops.cltk.bicubic_modulate_backward(torch.ones(9, 8), w, mod.detach(), False, True, False)
         assert gw.shape == (9, 8) and gm3.numel() == 0
+        # the multi-tensor op: an empty list for the gradients not asked for
+        args = ([torch.ones(9, 8)] * 2, [w, w], [mod.detach()] * 2, False)
+        gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(*args, False, True)
+        assert gws == [] and [g.shape for g in gms] == [(3, 3)] * 2 and torch.equal(gms[0], gm2)
+        gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward(*args, True, False)
+        assert [g.shape for g in gws] == [(9, 8)] * 2 and gms == [] and torch.equal(gws[1], gw)
 
 
 GRADCHECK = [((5, 7), (2, 3)), ((9, 4), (9, 4)), ((6, 2, 2, 2), (3, 3)), ((70, 3), (4, 1)), ((7, 13), (3, 10))]
