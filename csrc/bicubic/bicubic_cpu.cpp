@@ -480,6 +480,14 @@ void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, in
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX2)
+// [sum of a's lanes, of b's, of c's, of d's]
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+#endif
+
 // Column-first backward of one chunk, for grids of M2 <= kDenseMaxM2 columns: row i's column sums
 // s_c = sum_j colw[c, j] g_i[j] w_i[j] are formed in M2 vector accumulators in one pass over the row (two input
 // streams, as in a dot product; the M2 planes of colw stay in L1 / L2), then partial[r_ik - lo, c] += a_ik s_c
@@ -515,6 +523,24 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
         const Vec p = Vec::loadu(g + j) * Vec::loadu(w + j);
         for (int c = 0; c < M2; ++c) acc[c] = at::vec::fmadd(p, Vec::loadu(cw + c * I + j), acc[c]);
       }
+#if defined(CPU_CAPABILITY_AVX2)
+      if constexpr (M2 == 4 && std::is_same<scalar_t, float>::value) {
+        // The four lane sums at once (three horizontal adds and one add of the halves), and the four row taps'
+        // updates as 4-wide vectors: a fifth of the scalar code's instructions per row, which counts for the many
+        // short rows of a backbone (depthwise 3x3: 9 elements per row).
+        __m128 sum = hsum4(acc[0], acc[1], acc[2], acc[3]);
+        for (; j < I; ++j) {
+          const __m128 p = _mm_set1_ps(g[j] * w[j]);
+          sum = _mm_add_ps(sum, _mm_mul_ps(_mm_setr_ps(cw[j], cw[I + j], cw[2 * I + j], cw[3 * I + j]), p));
+        }
+        for (int k = 0; k < 4; ++k) {
+          float* t = partial + (id[k] - lo) * 4;
+          _mm_storeu_ps(t, _mm_add_ps(_mm_loadu_ps(t), _mm_mul_ps(_mm_set1_ps(ar[k]), sum)));
+        }
+        if (job.dst != nullptr) grad_weight_row(job, id, ar, i0 + r, 0, I);
+        continue;
+      }
+#endif
       scalar_t sum[M2];
       for (int c = 0; c < M2; ++c) {
         alignas(64) scalar_t lanes[V];
