@@ -17,14 +17,15 @@ per call the forward writes with streaming stores (no read-for-ownership), so th
 The backward of every provider is seeded through the autograd engine (_grad below), as in a training step.
 
 Measured 2026-12-01 on the 2-core AMD EPYC VM (AVX2), torch 2.13 CPU, 1 thread, median of 9 runs of process CPU
-time per run; three runs of `cltk bench --kernel bicubic` (copy bandwidth 13.5 GB/s), median of the three:
-  1280x320 (4,4)   cltk_out 0.51 ms (0.39-0.57) vs ref_interp 17.4-26.7 ms: 45.2x            goal >= 25x: met
-  4096^2 (4,4)     cltk_out 18.8 ms (18.7-22.5), 86-110% of copy bw, 0.5-0.7 MiB peak extra
-                   vs ref_separable 201-221 ms (128 MiB extra): 10.8x                        goal >= 5x: met
-  4096^2 (8,8)     cltk_out 20.4 ms (19.6-25.8), 75-102%, 0.9 MiB extra: 10.6x                goal >= 5x: met
-  MobileNetV2 53   cltk_multi_out 6.27 ms (6.21-9.02) vs ref_interp_per_layer 163-243 ms:
-                   27.0x (26.2x-28.8x; 21.0x-23.5x in three runs while the host's memory was slower;
-                   21.9x before the C++ autograd node and the linear backward)             goal >= 30x: not met
+time per run; nine runs of `cltk bench --kernel bicubic` (copy bandwidth 12.9 GB/s in the last), median of the nine:
+  1280x320 (4,4)   cltk_out 0.46 ms (0.38-0.52) vs ref_interp 16.4-26.2 ms: 48.3x            goal >= 25x: met
+  4096^2 (4,4)     cltk_out 20.9 ms (18.0-23.7), 93-116% of copy bw, 0.5-0.7 MiB peak extra
+                   vs ref_separable 202-266 ms (128 MiB extra): 11.2x                        goal >= 5x: met
+  4096^2 (8,8)     cltk_out 21.8 ms (18.5-24.6), 83-109%, 0.6-0.9 MiB extra: 10.5x            goal >= 5x: met
+  MobileNetV2 53   cltk_multi_out 6.18 ms (5.45-8.16) vs ref_interp_per_layer 160-272 ms:
+                   28.2x (21.5x-34.3x; the host's speed moved the baseline by 1.7x between runs,
+                   the memory-bound call less; 27.0x in three runs before the column-first
+                   backward and the prefetching forward)                                  goal >= 30x: not met
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
 from __future__ import annotations
