@@ -242,6 +242,43 @@ inline scalar_t up_at(const scalar_t* u0, const scalar_t* u1, const scalar_t* u2
   return up;
 }
 
+// Taps of output rows [i0, i0 + rows), rows <= kTapBlock.
+template <typename scalar_t>
+void row_taps(const Job<scalar_t>& job, bool align_corners, int64_t i0, int64_t rows, int64_t* idx, scalar_t* a) {
+  taps_block<scalar_t>(source_scale<scalar_t>(job.m1, job.out, align_corners), i0, rows, job.m1, align_corners, idx, a);
+}
+
+// d[j] = s[j] * sum_k a_k u_k[j] for j in [j, j1): the forward's W_eff and the backward's grad_W. kStream: vector
+// stores are non-temporal (d + j aligned; the caller fences); kPrefetch: s is prefetched ahead.
+template <typename scalar_t, bool kStream, bool kPrefetch>
+void modulate_span(const scalar_t* u0, const scalar_t* u1, const scalar_t* u2, const scalar_t* u3, const scalar_t* a,
+                   const scalar_t* s, scalar_t* d, int64_t j, int64_t j1) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  const Vec a0(a[0]), a1(a[1]), a2(a[2]), a3(a[3]);
+  for (; j + Vec::size() <= j1; j += Vec::size()) {
+    if (kPrefetch && (j & (2 * Vec::size() - 1)) == 0) prefetch_ahead(s + j);
+    Vec up = Vec::loadu(u0 + j) * a0;
+    up = up + Vec::loadu(u1 + j) * a1;
+    up = up + Vec::loadu(u2 + j) * a2;
+    up = up + Vec::loadu(u3 + j) * a3;
+    if (kStream) {
+      stream_store(d + j, Vec::loadu(s + j) * up);
+    } else {
+      (Vec::loadu(s + j) * up).store(d + j);
+    }
+  }
+  if (kMaskedTail && j < j1) {  // the tail as one partial vector (the whole row for depthwise 3x3 weights)
+    const int64_t c = j1 - j;
+    Vec up = Vec::loadu(u0 + j, c) * a0;
+    up = up + Vec::loadu(u1 + j, c) * a1;
+    up = up + Vec::loadu(u2 + j, c) * a2;
+    up = up + Vec::loadu(u3 + j, c) * a3;
+    (Vec::loadu(s + j, c) * up).store(d + j, c);
+    return;
+  }
+  for (; j < j1; ++j) d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
+}
+
 // dst[i] = src[i] * sum_k a_ik U[r_ik] for rows [i0, i1); kStream: vector stores are non-temporal (the caller
 // fences).
 template <typename scalar_t, bool kStream>
@@ -249,10 +286,9 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
                    int64_t i1) {
   using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t I = job.in;
-  const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
   int64_t taps_idx[kRowsPerBlock * 4];
   scalar_t taps_w[kRowsPerBlock * 4];
-  taps_block<scalar_t>(sy, i0, i1 - i0, job.m1, align_corners, taps_idx, taps_w);
+  row_taps(job, align_corners, i0, i1 - i0, taps_idx, taps_w);
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t* idx = taps_idx + 4 * (i - i0);
     const scalar_t* a = taps_w + 4 * (i - i0);
@@ -262,35 +298,13 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
     const scalar_t* u3 = job.U.data() + idx[3] * I;
     const scalar_t* s = src + i * I;
     scalar_t* d = dst + i * I;
-    const Vec a0(a[0]), a1(a[1]), a2(a[2]), a3(a[3]);
     int64_t j = 0;
     if (kStream) {
       // Scalar head up to the vector alignment that streaming stores need.
       constexpr uintptr_t kAlign = sizeof(Vec);
       for (; j < I && (reinterpret_cast<uintptr_t>(d + j) % kAlign) != 0; ++j) d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
     }
-    for (; j + Vec::size() <= I; j += Vec::size()) {
-      if ((j & (2 * Vec::size() - 1)) == 0) prefetch_ahead(s + j);
-      Vec up = Vec::loadu(u0 + j) * a0;
-      up = up + Vec::loadu(u1 + j) * a1;
-      up = up + Vec::loadu(u2 + j) * a2;
-      up = up + Vec::loadu(u3 + j) * a3;
-      if (kStream) {
-        stream_store(d + j, Vec::loadu(s + j) * up);
-      } else {
-        (Vec::loadu(s + j) * up).store(d + j);
-      }
-    }
-    if (kMaskedTail && j < I) {  // the tail as one partial vector (the whole row for depthwise 3x3 weights)
-      const int64_t c = I - j;
-      Vec up = Vec::loadu(u0 + j, c) * a0;
-      up = up + Vec::loadu(u1 + j, c) * a1;
-      up = up + Vec::loadu(u2 + j, c) * a2;
-      up = up + Vec::loadu(u3 + j, c) * a3;
-      (Vec::loadu(s + j, c) * up).store(d + j, c);
-      continue;
-    }
-    for (; j < I; ++j) d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
+    modulate_span<scalar_t, kStream, true>(u0, u1, u2, u3, a, s, d, j, I);
   }
 }
 
@@ -331,33 +345,10 @@ void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners, bool cal
 template <typename scalar_t>
 void grad_weight_row(const Job<scalar_t>& job, const int64_t* id, const scalar_t* ai, int64_t i, int64_t j0,
                      int64_t j1) {
-  using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t I = job.in;
-  const Vec a0(ai[0]), a1(ai[1]), a2(ai[2]), a3(ai[3]);
-  const scalar_t* u0 = job.U.data() + id[0] * I;
-  const scalar_t* u1 = job.U.data() + id[1] * I;
-  const scalar_t* u2 = job.U.data() + id[2] * I;
-  const scalar_t* u3 = job.U.data() + id[3] * I;
-  const scalar_t* g = job.grad + i * I;
-  scalar_t* d = job.dst + i * I;
-  int64_t j = j0;
-  for (; j + Vec::size() <= j1; j += Vec::size()) {
-    Vec up = Vec::loadu(u0 + j) * a0;
-    up = up + Vec::loadu(u1 + j) * a1;
-    up = up + Vec::loadu(u2 + j) * a2;
-    up = up + Vec::loadu(u3 + j) * a3;
-    (Vec::loadu(g + j) * up).store(d + j);
-  }
-  if (kMaskedTail && j < j1) {
-    const int64_t c = j1 - j;
-    Vec up = Vec::loadu(u0 + j, c) * a0;
-    up = up + Vec::loadu(u1 + j, c) * a1;
-    up = up + Vec::loadu(u2 + j, c) * a2;
-    up = up + Vec::loadu(u3 + j, c) * a3;
-    (Vec::loadu(g + j, c) * up).store(d + j, c);
-    return;
-  }
-  for (; j < j1; ++j) d[j] = g[j] * up_at(u0, u1, u2, u3, ai, j);
+  const scalar_t* U = job.U.data();
+  modulate_span<scalar_t, false, false>(U + id[0] * I, U + id[1] * I, U + id[2] * I, U + id[3] * I, ai,
+                                        job.grad + i * I, job.dst + i * I, j0, j1);
 }
 
 // Rows of M touched by output rows [i0, i1): [lo, hi].
@@ -414,10 +405,9 @@ void backward_chunk(const Job<scalar_t>& job, bool align_corners, int64_t i0, in
   using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t I = job.in;
   const int64_t rows = i1 - i0;
-  const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
   int64_t idx[kRowsPerChunk * 4];
   scalar_t a[kRowsPerChunk * 4];
-  taps_block<scalar_t>(sy, i0, rows, job.m1, align_corners, idx, a);
+  row_taps(job, align_corners, i0, rows, idx, a);
   // Row groups: group q covers rows [start[q], start[q + 1]).
   int64_t start[kRowsPerChunk + 1];
   int64_t groups = 0;
@@ -501,10 +491,9 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
   constexpr int64_t V = Vec::size();
   const int64_t I = job.in;
   const int64_t rows = i1 - i0;
-  const scalar_t sy = source_scale<scalar_t>(job.m1, job.out, align_corners);
   int64_t idx[kRowsPerChunk * 4];
   scalar_t a[kRowsPerChunk * 4];
-  taps_block<scalar_t>(sy, i0, rows, job.m1, align_corners, idx, a);
+  row_taps(job, align_corners, i0, rows, idx, a);
   const scalar_t* cw = job.colw.data();
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t* id = &idx[r * 4];
