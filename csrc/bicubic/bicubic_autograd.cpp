@@ -13,6 +13,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 #include "bicubic/bicubic_check.h"
@@ -82,8 +83,10 @@ struct ModulateMulti : public torch::autograd::Function<ModulateMulti> {
     }
     std::vector<at::Tensor> gws, gms;
     {
-      // The backward op has no autograd of its own: skip the autograd fallback, which boxes all 3n tensors.
-      at::AutoDispatchBelowADInplaceOrView below;
+      // The backward op has no autograd of its own: without create_graph, skip the autograd fallback, which boxes
+      // all 3n tensors (with create_graph the fallback still sees the call, as before).
+      std::optional<at::AutoDispatchBelowADInplaceOrView> below;
+      if (!at::GradMode::is_enabled()) below.emplace();
       std::tie(gws, gms) = multi_backward_op().call(grads, weights, mods, ctx->saved_data["align_corners"].toBool(),
                                                     need_w, need_m);
     }
