@@ -10,12 +10,12 @@
 // Backward: grad_W = G * up(M) in the same pass (only when W requires grad); grad_M = A^T (G * W) B, as a
 // deterministic two-level reduction without atomics: rows are cut into fixed chunks (independent of the thread
 // count), each chunk writes its own partial sums, and the partials are summed in chunk order. For grids of at most
-// kDenseMaxM2 columns (the usual 4x4) and rows of up to a few thousand elements the reduction is column-first: each row of G * W is reduced against B's
-// dense columns in registers, in one streaming pass like a dot product, and chunk c accumulates A_c^T (G W B)_c
-// ([rows of M it touches, m2]). Other shapes go row-first: chunk c accumulates A_c^T (G * W)_c (partial rows of
-// width `in`, consecutive rows with equal taps up to four at a time), and the sum of the partials is multiplied by
-// B. Minimum traffic: read G and W (+ write grad_W): 2 (3) * sizeof(T) bytes per element. Large forwards into out=
-// buffers use streaming stores.
+// kDenseMaxM2 columns (the usual 4x4) and rows of up to a few thousand elements the reduction is column-first:
+// each row of G * W is reduced against B's dense columns in registers, in one streaming pass like a dot product,
+// and chunk c accumulates A_c^T (G W B)_c ([rows of M it touches, m2]). Other shapes go row-first: chunk c
+// accumulates A_c^T (G * W)_c (partial rows of width `in`, consecutive rows with equal taps up to four at a time),
+// and the sum of the partials is multiplied by B. Minimum traffic: read G and W (+ write grad_W): 2 (3) *
+// sizeof(T) bytes per element. Large forwards into out= buffers use streaming stores.
 // Where the time goes, with measurements: docs/bicubic_kernels.md.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -302,7 +302,8 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
     if (kStream) {
       // Scalar head up to the vector alignment that streaming stores need.
       constexpr uintptr_t kAlign = sizeof(Vec);
-      for (; j < I && (reinterpret_cast<uintptr_t>(d + j) % kAlign) != 0; ++j) d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
+      for (; j < I && (reinterpret_cast<uintptr_t>(d + j) % kAlign) != 0; ++j)
+        d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
     }
     modulate_span<scalar_t, kStream, true>(u0, u1, u2, u3, a, s, d, j, I);
   }
