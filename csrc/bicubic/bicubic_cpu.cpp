@@ -527,25 +527,25 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
           float* t = partial + (id[k] - lo) * 4;
           _mm_storeu_ps(t, _mm_add_ps(_mm_loadu_ps(t), _mm_mul_ps(_mm_set1_ps(ar[k]), sum)));
         }
-        if (job.dst != nullptr) grad_weight_row(job, id, ar, i0 + r, 0, I);
-        continue;
-      }
+      } else
 #endif
-      scalar_t sum[M2];
-      for (int c = 0; c < M2; ++c) {
-        alignas(64) scalar_t lanes[V];
-        acc[c].store(lanes);
-        scalar_t v = lanes[0];
-        for (int64_t l = 1; l < V; ++l) v = v + lanes[l];
-        sum[c] = v;
-      }
-      for (; j < I; ++j) {
-        const scalar_t p = g[j] * w[j];
-        for (int c = 0; c < M2; ++c) sum[c] = sum[c] + cw[c * I + j] * p;
-      }
-      for (int k = 0; k < 4; ++k) {
-        scalar_t* t = partial + (id[k] - lo) * M2;
-        for (int c = 0; c < M2; ++c) t[c] = t[c] + ar[k] * sum[c];
+      {
+        scalar_t sum[M2];
+        for (int c = 0; c < M2; ++c) {
+          alignas(64) scalar_t lanes[V];
+          acc[c].store(lanes);
+          scalar_t v = lanes[0];
+          for (int64_t l = 1; l < V; ++l) v = v + lanes[l];
+          sum[c] = v;
+        }
+        for (; j < I; ++j) {
+          const scalar_t p = g[j] * w[j];
+          for (int c = 0; c < M2; ++c) sum[c] = sum[c] + cw[c * I + j] * p;
+        }
+        for (int k = 0; k < 4; ++k) {
+          scalar_t* t = partial + (id[k] - lo) * M2;
+          for (int c = 0; c < M2; ++c) t[c] = t[c] + ar[k] * sum[c];
+        }
       }
     }
     if (job.dst != nullptr) grad_weight_row(job, id, ar, i0 + r, 0, I);
