@@ -61,6 +61,11 @@ constexpr int64_t kDenseMaxColumnBytes = 24 << 10;
 // backward's G and W); the first outputs of such a call would have left L2 before the layers read them anyway.
 // Smaller calls keep their outputs cached. Fresh outputs are normal stores: their pages were just faulted in and
 // zeroed by the kernel, so their lines are in cache already (streaming there measured 54 against 48 ms at 4096^2).
+// Only outputs whose rows are whole aligned vectors stream (streams_whole_rows): a row of a depthwise 3x3 weight is 9
+// values, and a line written partly by streaming and partly by ordinary stores (the row's unaligned head and tail)
+// cost more than its read-for-ownership would have. The forward of MobileNetV2's 53 weights into out= buffers took
+// 2.78 ms streaming every row and 2.34 ms with its 17 depthwise weights and the stem (rows of 9 and 27) stored
+// normally (cold caches, 1 thread).
 constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 
 // The forward and the column-first backward prefetch their streamed inputs this far ahead (one line of each per 64
@@ -280,11 +285,10 @@ void modulate_span(const scalar_t* u0, const scalar_t* u1, const scalar_t* u2, c
 }
 
 // dst[i] = src[i] * sum_k a_ik U[r_ik] for rows [i0, i1); kStream: vector stores are non-temporal (the caller
-// fences).
+// fences; the job streams_whole_rows).
 template <typename scalar_t, bool kStream>
 void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst, bool align_corners, int64_t i0,
                    int64_t i1) {
-  using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t I = job.in;
   int64_t taps_idx[kRowsPerBlock * 4];
   scalar_t taps_w[kRowsPerBlock * 4];
@@ -298,15 +302,16 @@ void modulate_rows(const Job<scalar_t>& job, const scalar_t* src, scalar_t* dst,
     const scalar_t* u3 = job.U.data() + idx[3] * I;
     const scalar_t* s = src + i * I;
     scalar_t* d = dst + i * I;
-    int64_t j = 0;
-    if (kStream) {
-      // Scalar head up to the vector alignment that streaming stores need.
-      constexpr uintptr_t kAlign = sizeof(Vec);
-      for (; j < I && (reinterpret_cast<uintptr_t>(d + j) % kAlign) != 0; ++j)
-        d[j] = s[j] * up_at(u0, u1, u2, u3, a, j);
-    }
-    modulate_span<scalar_t, kStream, true>(u0, u1, u2, u3, a, s, d, j, I);
+    modulate_span<scalar_t, kStream, true>(u0, u1, u2, u3, a, s, d, 0, I);
   }
+}
+
+// A job whose output rows are whole vectors at vector-aligned addresses: streaming stores write all of it, with no
+// partly streamed lines (see kStreamMinBytes).
+template <typename scalar_t>
+bool streams_whole_rows(const Job<scalar_t>& job) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  return job.in % Vec::size() == 0 && reinterpret_cast<uintptr_t>(job.dst) % sizeof(Vec) == 0;
 }
 
 template <typename scalar_t>
@@ -331,7 +336,7 @@ void forward_jobs(std::vector<Job<scalar_t>>& jobs, bool align_corners, bool cal
       const Job<scalar_t>& job = jobs[k];
       const int64_t i0 = (it - first_item[k]) * kRowsPerBlock;
       const int64_t i1 = std::min(job.out, i0 + kRowsPerBlock);
-      if (kHaveStream && stream) {
+      if (kHaveStream && stream && streams_whole_rows(job)) {
         modulate_rows<scalar_t, true>(job, job.w, job.dst, align_corners, i0, i1);
         streamed = true;
       } else {
