@@ -141,15 +141,16 @@ def bicubic_modulate_multi_ref(
     return [bicubic_modulate_ref(w, m, align_corners, out=o) for w, m, o in zip(weights, mods, outs)]
 
 
-def _check_lists(op: str, weights, mods, out) -> list[tuple[int, int]]:
-    """Validates the lists of the multi-tensor op; returns each weight's 2-D (out, fan_in) size."""
+def _check_lists(op: str, weights, mods, out) -> None:
+    """Validates the lists of the multi-tensor op."""
     if not isinstance(weights, (list, tuple)) or not isinstance(mods, (list, tuple)):
         raise TypeError(
             f"{op}: weights and mods must be lists of tensors, got {type(weights).__name__} and {type(mods).__name__}"
         )
     if len(weights) != len(mods):
         raise ValueError(f"{op}: weights and mods must have the same length, got {len(weights)} and {len(mods)}")
-    sizes = [_check(op, w, m, f"weights[{k}]", f"mods[{k}]") for k, (w, m) in enumerate(zip(weights, mods))]
+    for k, (w, m) in enumerate(zip(weights, mods)):
+        _check(op, w, m, f"weights[{k}]", f"mods[{k}]")
     if out is not None:
         if not isinstance(out, (list, tuple)) or len(out) != len(weights):
             raise ValueError(
@@ -158,7 +159,6 @@ def _check_lists(op: str, weights, mods, out) -> list[tuple[int, int]]:
             )
         for k, (o, w) in enumerate(zip(out, weights)):
             _check_out(op, o, w, f"out[{k}]")
-    return sizes
 
 
 class _Modulate(torch.autograd.Function):
@@ -192,14 +192,6 @@ class _Modulate(torch.autograd.Function):
         return (gw if need_w else None), (gm if need_m else None), None, None
 
 
-def _is_identity(w2: Tensor, mod: Tensor) -> bool:
-    """A grid of the weight's own 2-D size: ``up`` is the identity on finite values. Such calls take the reference
-    path: F.interpolate's backward copies ``grad * W`` to the grid for equal sizes, where the native kernels' cubic
-    taps (weights 0, 1, 0, 0) would turn an Inf of ``grad * W`` into NaN (0 * Inf), so the two would disagree on
-    non-finite values."""
-    return tuple(mod.shape) == tuple(w2.shape)
-
-
 def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *, out: Optional[Tensor] = None) -> Tensor:
     """``weight * up(mod)``, with ``up`` = bicubic ``F.interpolate`` of ``mod`` to the weight's (2-D) shape.
 
@@ -218,7 +210,7 @@ def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *
     if out is not None:
         _check_out("bicubic_modulate", out, weight)
     w2 = as_2d_weight(weight)
-    if not _ext.use_native("bicubic_modulate", w2) or _is_identity(w2, mod):
+    if not _ext.use_native("bicubic_modulate", w2):
         return bicubic_modulate_ref(weight, mod, align_corners, out=out)
     if not torch.is_grad_enabled() or not (w2.requires_grad or mod.requires_grad):
         if out is None:
@@ -228,17 +220,6 @@ def bicubic_modulate(weight: Tensor, mod: Tensor, align_corners: bool = False, *
     if out is not None:
         return _Modulate.apply(w2, mod, bool(align_corners), out.detach())
     return _Modulate.apply(w2, mod, bool(align_corners), None).view(weight.shape)
-
-
-def _has_identity_grid(weights: Sequence[Tensor], mods: Sequence[Tensor]) -> bool:
-    """Whether some grid has its weight's own 2-D size (see _is_identity; only a grid no larger than a tiny weight
-    can)."""
-    for w, m in zip(weights, mods):
-        ws, ms = w.shape, m.shape
-        if len(ms) == 2 and ms[0] == ws[0] and len(ws) in (2, 4):
-            if ms[1] == (ws[1] if len(ws) == 2 else ws[1] * ws[2] * ws[3]):
-                return True
-    return False
 
 
 def bicubic_modulate_multi(
@@ -256,32 +237,30 @@ def bicubic_modulate_multi(
         and (out is None or (isinstance(out, (list, tuple)) and len(out) == len(weights)))
         and _ext.use_native("bicubic_modulate_multi", weights[0])
     ):
-        # The usual call: one device and dtype, no identity-size grid. The native op checks every argument (a
-        # list mixing devices, or dtypes on the CPU, included); when it refuses them, the checked path below runs,
-        # which groups such lists or raises the argument's error.
+        # The usual call: one device and dtype. The native op checks every argument (a list mixing devices, or
+        # dtypes on the CPU, included); when it refuses them, the checked path below runs, which groups such lists
+        # or raises the argument's error.
         try:
-            if not _has_identity_grid(weights, mods):
-                if out is None:
-                    return torch.ops.cltk.bicubic_modulate_multi(weights, mods, bool(align_corners))
-                outs = [o.detach() for o in out]
-                torch.ops.cltk.bicubic_modulate_multi_out_(weights, mods, bool(align_corners), outs)
-                return outs
+            if out is None:
+                return torch.ops.cltk.bicubic_modulate_multi(weights, mods, bool(align_corners))
+            outs = [o.detach() for o in out]
+            torch.ops.cltk.bicubic_modulate_multi_out_(weights, mods, bool(align_corners), outs)
+            return outs
         except (RuntimeError, ValueError, TypeError, AttributeError):
             pass
-    sizes = _check_lists("bicubic_modulate_multi", weights, mods, out)
+    _check_lists("bicubic_modulate_multi", weights, mods, out)
     n = len(weights)
     if n == 0:
         return []
-    # One group per (device, dtype, identity-size grid). Identity-size grids go to the reference path (see
-    # _is_identity).
+    # One group per (device, dtype).
     groups: dict = {}
-    for k, (w, m, size) in enumerate(zip(weights, mods, sizes)):
-        groups.setdefault((w.device, w.dtype, tuple(m.shape) == size), []).append(k)
+    for k, w in enumerate(weights):
+        groups.setdefault((w.device, w.dtype), []).append(k)
     result: list[Optional[Tensor]] = [None] * n
-    for (_, _, identity), idx in groups.items():
+    for idx in groups.values():
         gw = [weights[k] for k in idx]
         gm = [mods[k] for k in idx]
-        if identity or not _ext.use_native("bicubic_modulate_multi", gw[0]):
+        if not _ext.use_native("bicubic_modulate_multi", gw[0]):
             outs = [out[k] for k in idx] if out is not None else None
             res = bicubic_modulate_multi_ref(gw, gm, align_corners, out=outs)
         elif out is None:

@@ -27,6 +27,13 @@ inline int64_t fan_in(const at::Tensor& weight) {
   return weight.dim() == 4 ? weight.size(1) * weight.size(2) * weight.size(3) : weight.size(1);
 }
 
+// A grid of the weight's own 2-D size. F.interpolate's backward copies the gradient for equal sizes, so grad_M is
+// G * W elementwise there; the adjoint of the cubic taps (0, 1, 0, 0) agrees on finite values but turns an Inf of
+// G * W into NaN (0 * Inf) in the neighbouring cells. (Its forward does use the taps, as the kernels do.)
+inline bool identity_grid(const at::Tensor& weight, const at::Tensor& mod) {
+  return mod.size(0) == weight.size(0) && mod.size(1) == fan_in(weight);
+}
+
 // weight [out, in] or [out, in, kh, kw] (modulated as [out, in * kh * kw]) and mod [m1, m2] with 1 <= m1 <= out,
 // 1 <= m2 <= fan-in (an empty weight takes any mod with non-zero sizes), same dtype (float32 or float64) and
 // same device.

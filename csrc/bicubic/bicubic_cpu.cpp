@@ -769,10 +769,14 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> backward_impl(const
     for (size_t k = 0; k < wc.size(); ++k) {
       TORCH_CHECK(wc[k].scalar_type() == weights[0].scalar_type(), op, ": weights[", k,
                   "] must have the dtype of weights[0] (", weights[0].scalar_type(), "), got ", wc[k].scalar_type());
+      // grad_M of an identity-size grid: G * W elementwise (bicubic_check.h); grad_W still from the kernel.
+      const bool copy_gmod = mod_requires_grad && wc[k].numel() > 0 && identity_grid(wc[k], mc[k]);
+      if (copy_gmod) at::mul_out(gms[k], gc[k].view(mc[k].sizes()), wc[k].view(mc[k].sizes()));
+      if (copy_gmod && !weight_requires_grad) continue;
       Job<scalar_t> job = make_job<scalar_t>(wc[k], mc[k]);
       job.grad = gc[k].data_ptr<scalar_t>();
       job.dst = weight_requires_grad ? gws[k].data_ptr<scalar_t>() : nullptr;
-      job.gmod = mod_requires_grad ? gms[k].data_ptr<scalar_t>() : nullptr;
+      job.gmod = mod_requires_grad && !copy_gmod ? gms[k].data_ptr<scalar_t>() : nullptr;
       jobs.push_back(std::move(job));
     }
     backward_jobs(jobs, align_corners);

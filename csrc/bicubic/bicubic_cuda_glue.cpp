@@ -39,6 +39,11 @@ void backward_one(const char* op, const at::Tensor& grad, const at::Tensor& weig
   const at::Tensor g = grad.contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor m = mod.contiguous();
+  if (grad_mod != nullptr && w.numel() > 0 && identity_grid(w, m)) {  // grad_M = G * W (bicubic_check.h)
+    at::mul_out(*grad_mod, g.view(m.sizes()), w.view(m.sizes()));
+    grad_mod = nullptr;
+    if (grad_weight == nullptr) return;
+  }
   const int64_t O = w.size(0), I = fan_in(w), m1 = m.size(0), m2 = m.size(1);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(w.device().index());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "bicubic_modulate_backward_cuda", [&] {

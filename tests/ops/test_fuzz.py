@@ -14,6 +14,7 @@ Budgets: the profile ``cltk-ci`` (derandomized, 30 examples per property, no dea
 minute at one thread; the ``@pytest.mark.slow`` twins run the same properties with 500 examples
 (``pytest -m slow tests/ops/test_fuzz.py``). ``HYPOTHESIS_PROFILE=cltk-slow`` selects the large budget for all.
 """
+import math
 import os
 
 import pytest
@@ -466,19 +467,29 @@ def test_meta_lstm_gates_beyond_the_exp_range(val):
 
 
 def test_bicubic_identity_size_grid_with_inf_weight():
-    """A grid of the weight's own size: the reference's backward copies grad * W to the grid, the cubic taps
-    (0, 1, 0, 0) of the kernel made 0 * Inf = NaN; such calls take the reference path."""
-    for shape in [(1, 1), (4, 4), (3, 5)]:
+    """A grid of the weight's own size: the reference's backward copies grad * W to the grid, where the adjoint of
+    the cubic taps (0, 1, 0, 0) would make 0 * Inf = NaN in the neighbouring cells; the kernels copy too (grad_W
+    still comes from the taps, as in the reference). With and without the weight's gradient, and through the
+    native multi-tensor backward directly (a conv weight too)."""
+    for shape in [(1, 1), (4, 4), (3, 5), (2, 1, 3, 3)]:
         w = torch.randn(shape)
-        w[0, 0] = float("inf")
-        m1, m2 = torch.randn(shape).requires_grad_(), None
-        m2 = m1.detach().clone().requires_grad_()
+        w.view(-1)[0] = float("inf")
+        gshape = (shape[0], math.prod(shape[1:]))
+        m0 = torch.randn(gshape)
         gout = torch.randn(shape)
-        (ga,) = torch.autograd.grad(bicubic_modulate(w, m1), [m1], gout)
-        (gb,) = torch.autograd.grad(bicubic_modulate_ref(w, m2), [m2], gout)
-        assert_same(ga, gb, what=f"grad_mod {shape}")
-        (ga,) = torch.autograd.grad(bicubic_modulate_multi([w], [m1])[0], [m1], gout)
-        assert_same(ga, gb, what=f"multi grad_mod {shape}")
+        for need_w in (False, True):
+            wa, wb = w.clone().requires_grad_(need_w), w.clone().requires_grad_(need_w)
+            ma, mb = m0.clone().requires_grad_(), m0.clone().requires_grad_()
+            want = torch.autograd.grad(bicubic_modulate_ref(wb, mb), [mb, wb] if need_w else [mb], gout)
+            got = torch.autograd.grad(bicubic_modulate(wa, ma), [ma, wa] if need_w else [ma], gout)
+            got_multi = torch.autograd.grad(bicubic_modulate_multi([wa], [ma])[0], [ma, wa] if need_w else [ma], gout)
+            for name, a, am, b in zip(["grad_mod", "grad_weight"], got, got_multi, want):
+                assert_same(a, b, what=f"{name} {shape} need_w={need_w}")
+                assert_same(am, b, what=f"multi {name} {shape} need_w={need_w}")
+        if cltk._ext.available():
+            gws, gms = torch.ops.cltk.bicubic_modulate_multi_backward([gout], [w], [m0], False, True, True)
+            assert_same(gms[0], (gout * w).view(gshape), what=f"native grad_mod {shape}")
+            assert_same(gws[0], gout * m0.view(shape), what=f"native grad_weight {shape}")
 
 
 def test_bicubic_conv_weight_without_output_channels():
