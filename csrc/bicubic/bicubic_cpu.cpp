@@ -64,8 +64,8 @@ constexpr int64_t kDenseMaxColumnBytes = 24 << 10;
 // Only outputs whose rows are whole aligned vectors stream (streams_whole_rows): a row of a depthwise 3x3 weight is 9
 // values, and a line written partly by streaming and partly by ordinary stores (the row's unaligned head and tail)
 // cost more than its read-for-ownership would have. The forward of MobileNetV2's 53 weights into out= buffers took
-// 2.78 ms streaming every row and 2.34 ms with its 17 depthwise weights and the stem (rows of 9 and 27) stored
-// normally (cold caches, 1 thread).
+// 2.76-2.84 ms streaming every row and 2.38-2.50 ms with its 17 depthwise weights and the stem (rows of 9 and 27)
+// stored normally (cold caches, 1 thread, the two builds alternating in one process).
 constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 
 // The forward and the column-first backward prefetch their streamed inputs this far ahead (one line of each per 64
@@ -110,6 +110,9 @@ struct Job {
   int64_t out = 0, in = 0, m1 = 0, m2 = 0;
   std::vector<scalar_t> U;         // [m1, in]
   std::vector<scalar_t> colw;      // [m2, in]: B^T as dense planes (backward, grids at most kDenseMaxM2 wide)
+  // Output columns [0, first_col_end) have grid column 0 among their taps, [last_col_begin, in) column m2 - 1
+  // (column_weights).
+  int64_t first_col_end = 0, last_col_begin = 0;
 };
 
 // Taps of destination samples [d0, d0 + n), n <= kTapBlock: idx[4 * l + k] and w[4 * l + k] for sample d0 + l,
@@ -484,6 +487,27 @@ inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
 }
 #endif
 
+// acc[c] += sum over vectors j in [j0, j1) of p_j * colw[c, j] for columns c in [C0, C1], p = g * w: the
+// column-first backward's pass over one stretch of a row.
+template <typename scalar_t, int C0, int C1, int M2>
+inline void dense_span(const scalar_t* g, const scalar_t* w, const scalar_t* cw, int64_t I, int64_t j0, int64_t j1,
+                       at::vec::Vectorized<scalar_t>* acc) {
+  using Vec = at::vec::Vectorized<scalar_t>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t j = j0; j < j1; j += V) {
+    if ((j & (2 * V - 1)) == 0) {
+      prefetch_ahead(g + j);
+      prefetch_ahead(w + j);
+    }
+    const Vec p = Vec::loadu(g + j) * Vec::loadu(w + j);
+    for (int c = C0; c <= C1; ++c) acc[c] = at::vec::fmadd(p, Vec::loadu(cw + c * I + j), acc[c]);
+  }
+}
+
+// Rows at least this long skip the grid's first column where no output column has it among its taps, and its last
+// column likewise (dense_span over three stretches instead of one).
+constexpr int64_t kSkipColumnsMinIn = 128;
+
 // Column-first backward of one chunk, for grids of M2 <= kDenseMaxM2 columns: row i's column sums
 // s_c = sum_j colw[c, j] g_i[j] w_i[j] are formed in M2 vector accumulators in one pass over the row (two input
 // streams, as in a dot product; the M2 planes of colw stay in L1 / L2), then partial[r_ik - lo, c] += a_ik s_c
@@ -509,15 +533,23 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
       const scalar_t* w = job.w + (i0 + r) * I;
       Vec acc[M2];
       for (int c = 0; c < M2; ++c) acc[c] = Vec(scalar_t(0));
-      int64_t j = 0;
-      for (; j + V <= I; j += V) {
-        if ((j & (2 * V - 1)) == 0) {
-          prefetch_ahead(g + j);
-          prefetch_ahead(w + j);
+      const int64_t jv = I - I % V;  // the vector part of the row; the tail follows
+      if constexpr (M2 >= 3) {
+        if (I >= kSkipColumnsMinIn) {
+          // Three stretches: without the last grid column, all columns, without the first. Each column's output
+          // columns are contiguous; with 4 grid columns the first and the last are each off about a third of the row.
+          const int64_t a = std::min(jv, job.last_col_begin / V * V);
+          const int64_t b = std::max(a, std::min(jv, (job.first_col_end + V - 1) / V * V));
+          dense_span<scalar_t, 0, M2 - 2, M2>(g, w, cw, I, 0, a, acc);
+          dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, a, b, acc);
+          dense_span<scalar_t, 1, M2 - 1, M2>(g, w, cw, I, b, jv, acc);
+        } else {
+          dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, 0, jv, acc);
         }
-        const Vec p = Vec::loadu(g + j) * Vec::loadu(w + j);
-        for (int c = 0; c < M2; ++c) acc[c] = at::vec::fmadd(p, Vec::loadu(cw + c * I + j), acc[c]);
+      } else {
+        dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, 0, jv, acc);
       }
+      int64_t j = jv;
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (M2 == 4 && std::is_same<scalar_t, float>::value) {
         // The four lane sums at once (three horizontal adds and one add of the halves), and the four row taps'
@@ -565,11 +597,19 @@ void column_weights(Job<scalar_t>& job, bool align_corners) {
   const scalar_t sx = source_scale<scalar_t>(job.m2, I, align_corners);
   int64_t idx[kTapBlock * 4];
   scalar_t bw[kTapBlock * 4];
+  job.first_col_end = 0;
+  job.last_col_begin = I;
   for (int64_t j0 = 0; j0 < I; j0 += kTapBlock) {
     const int64_t nj = std::min(kTapBlock, I - j0);
     taps_block<scalar_t>(sx, j0, nj, job.m2, align_corners, idx, bw);
-    for (int64_t l = 0; l < nj; ++l)
-      for (int k = 0; k < 4; ++k) job.colw[idx[4 * l + k] * I + j0 + l] += bw[4 * l + k];
+    for (int64_t l = 0; l < nj; ++l) {
+      for (int k = 0; k < 4; ++k) {
+        const int64_t c = idx[4 * l + k];
+        job.colw[c * I + j0 + l] += bw[4 * l + k];
+        if (c == 0) job.first_col_end = j0 + l + 1;
+        if (c == job.m2 - 1) job.last_col_begin = std::min(job.last_col_begin, j0 + l);
+      }
+    }
   }
 }
 

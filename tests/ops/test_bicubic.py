@@ -56,6 +56,10 @@ CASES = [
     ("noncontig", (17, 12), (4, 3), True),
     ("conv4d", (8, 3, 3, 3), (4, 4), False),
     ("depthwise", (12, 1, 3, 3), (4, 4), False),
+    # column-first rows long enough to skip the first and last grid columns where they are no tap (3, 4 and 8
+    # columns; wide_4x4 too)
+    ("skip_columns_3", (24, 700), (3, 3), False),
+    ("skip_columns_8", (40, 600), (5, 8), False),
     # the row-first backward (grids over 8 columns or long rows; the others are column-first): narrow rows, then
     # rows over 1024 columns, with both kinds of grid
     ("grid_wider_than_8", (300, 150), (6, 12), False),
