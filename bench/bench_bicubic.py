@@ -12,20 +12,22 @@ Minimum traffic per weight element, fp32, forward + backward w.r.t. M: the forwa
 (8 bytes); the backward must read G and W (8 bytes): grad_M is a reduction of G * W into m1 * m2 values. So
 16 bytes per element; M, U and the grid partials are a few KiB and are not counted. Roofline: the machine's
 copy bandwidth (the forward is a copy-like map, the backward a two-stream read). With out= buffers of 8 MiB and more
-per call the forward writes with streaming stores (no read-for-ownership), so the 4096^2 cases can pass 100% of copy.
+per call the forward writes rows of whole vectors with streaming stores (no read-for-ownership), so the 4096^2 cases
+can pass 100% of copy.
 
 The backward of every provider is seeded through the autograd engine (_grad below), as in a training step.
 
 Measured 2026-12-01 on the 2-core AMD EPYC VM (AVX2), torch 2.13 CPU, 1 thread, median of 9 runs of process CPU
-time per run; nine runs of `cltk bench --kernel bicubic` (copy bandwidth 12.9 GB/s in the last), median of the nine:
-  1280x320 (4,4)   cltk_out 0.46 ms (0.38-0.52) vs ref_interp 16.4-26.2 ms: 48.3x            goal >= 25x: met
-  4096^2 (4,4)     cltk_out 20.9 ms (18.0-23.7), 93-116% of copy bw, 0.5-0.7 MiB peak extra
-                   vs ref_separable 202-266 ms (128 MiB extra): 11.2x                        goal >= 5x: met
-  4096^2 (8,8)     cltk_out 21.8 ms (18.5-24.6), 83-109%, 0.6-0.9 MiB extra: 10.5x            goal >= 5x: met
-  MobileNetV2 53   cltk_multi_out 6.18 ms (5.45-8.16) vs ref_interp_per_layer 160-272 ms:
-                   28.2x (21.5x-34.3x; the host's speed moved the baseline by 1.7x between runs,
-                   the memory-bound call less; 27.0x in three runs before the column-first
-                   backward and the prefetching forward)                                  goal >= 30x: not met
+time per run; nine runs of `cltk bench --kernel bicubic` of the final code (copy bandwidth 10.1 GB/s in the last, a
+slow moment of the host), median of the nine:
+  1280x320 (4,4)   cltk_out 0.51 ms (0.38-0.66) vs ref_interp 18.8-30.7 ms: 48.4x            goal >= 25x: met
+  4096^2 (4,4)     cltk_out 22.7 ms (20.7-24.9), 85-113% of copy bw, 0.5-0.7 MiB peak extra
+                   vs ref_separable 220-258 ms (128 MiB extra): 10.4x                        goal >= 5x: met
+  4096^2 (8,8)     cltk_out 23.4 ms (18.7-24.7), 81-123%, 0.6-0.9 MiB extra: 11.0x            goal >= 5x: met
+  MobileNetV2 53   cltk_multi_out 7.13 ms (6.48-9.25) vs ref_interp_per_layer 190-250 ms:
+                   32.3x (21.6x-37.5x); 30.6x median over 27 runs of the last two versions
+                   (21.6x-39.0x, 12 runs under 30x: the host's speed moved the baseline between 162
+                   and 320 ms, the memory-bound call less)                 goal >= 30x: median met, not every run
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
 from __future__ import annotations
