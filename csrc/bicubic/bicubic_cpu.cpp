@@ -489,7 +489,7 @@ inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
 
 // acc[c] += sum over vectors j in [j0, j1) of p_j * colw[c, j] for columns c in [C0, C1], p = g * w: the
 // column-first backward's pass over one stretch of a row.
-template <typename scalar_t, int C0, int C1, int M2>
+template <typename scalar_t, int C0, int C1>
 inline void dense_span(const scalar_t* g, const scalar_t* w, const scalar_t* cw, int64_t I, int64_t j0, int64_t j1,
                        at::vec::Vectorized<scalar_t>* acc) {
   using Vec = at::vec::Vectorized<scalar_t>;
@@ -540,14 +540,14 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
           // columns are contiguous; with 4 grid columns the first and the last are each off about a third of the row.
           const int64_t a = std::min(jv, job.last_col_begin / V * V);
           const int64_t b = std::max(a, std::min(jv, (job.first_col_end + V - 1) / V * V));
-          dense_span<scalar_t, 0, M2 - 2, M2>(g, w, cw, I, 0, a, acc);
-          dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, a, b, acc);
-          dense_span<scalar_t, 1, M2 - 1, M2>(g, w, cw, I, b, jv, acc);
+          dense_span<scalar_t, 0, M2 - 2>(g, w, cw, I, 0, a, acc);
+          dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, a, b, acc);
+          dense_span<scalar_t, 1, M2 - 1>(g, w, cw, I, b, jv, acc);
         } else {
-          dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, 0, jv, acc);
+          dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, 0, jv, acc);
         }
       } else {
-        dense_span<scalar_t, 0, M2 - 1, M2>(g, w, cw, I, 0, jv, acc);
+        dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, 0, jv, acc);
       }
       int64_t j = jv;
 #if defined(CPU_CAPABILITY_AVX2)
