@@ -51,9 +51,9 @@ def bicubic_interp_matrix(
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: str = "mod") -> tuple[int, int]:
-    """Validates one (weight, mod) pair and returns the weight's 2-D (out, fan_in) size. Each attribute is read
-    once: the multi-tensor wrapper runs this for every weight of a backbone on every step."""
+def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: str = "mod") -> None:
+    """Validates one (weight, mod) pair (against the weight's 2-D (out, fan_in) size). Each attribute is read once:
+    the checked multi-tensor path runs this for every weight of a backbone."""
     if not isinstance(weight, Tensor):
         raise TypeError(f"{op}: {wname} must be a Tensor, got {type(weight).__name__}")
     if not isinstance(mod, Tensor):
@@ -93,7 +93,6 @@ def _check(op: str, weight: Tensor, mod: Tensor, wname: str = "weight", mname: s
             f"{op}: {mname} must not be larger than {wname} in either dimension, got {mname} "
             f"{list(mshape)} for {wname} {shown}"
         )
-    return w2
 
 
 def _check_out(op: str, out: Tensor, weight: Tensor, name: str = "out") -> None:

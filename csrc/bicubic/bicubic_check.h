@@ -29,7 +29,8 @@ inline int64_t fan_in(const at::Tensor& weight) {
 
 // A grid of the weight's own 2-D size. F.interpolate's backward copies the gradient for equal sizes, so grad_M is
 // G * W elementwise there; the adjoint of the cubic taps (0, 1, 0, 0) agrees on finite values but turns an Inf of
-// G * W into NaN (0 * Inf) in the neighbouring cells. (Its forward does use the taps, as the kernels do.)
+// G * W into NaN (0 * Inf) in the neighbouring cells. (Its forward does use the taps, as the kernels do.) Such a
+// weight is never empty: a grid has at least one row and one column.
 inline bool identity_grid(const at::Tensor& weight, const at::Tensor& mod) {
   return mod.size(0) == weight.size(0) && mod.size(1) == fan_in(weight);
 }

@@ -533,23 +533,19 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
       const scalar_t* w = job.w + (i0 + r) * I;
       Vec acc[M2];
       for (int c = 0; c < M2; ++c) acc[c] = Vec(scalar_t(0));
-      const int64_t jv = I - I % V;  // the vector part of the row; the tail follows
-      if constexpr (M2 >= 3) {
-        if (I >= kSkipColumnsMinIn) {
-          // Three stretches: without the last grid column, all columns, without the first. Each column's output
-          // columns are contiguous; with 4 grid columns the first and the last are each off about a third of the row.
-          const int64_t a = std::min(jv, job.last_col_begin / V * V);
-          const int64_t b = std::max(a, std::min(jv, (job.first_col_end + V - 1) / V * V));
-          dense_span<scalar_t, 0, M2 - 2>(g, w, cw, I, 0, a, acc);
-          dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, a, b, acc);
-          dense_span<scalar_t, 1, M2 - 1>(g, w, cw, I, b, jv, acc);
-        } else {
-          dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, 0, jv, acc);
-        }
-      } else {
-        dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, 0, jv, acc);
+      // Three stretches of the row's vector part [0, jv): without the last grid column, all columns, without the
+      // first. Each column's output columns are contiguous; with 4 grid columns the first and the last are each off
+      // about a third of the row. Short rows and grids under 3 columns take the middle stretch only.
+      const int64_t jv = I - I % V;
+      int64_t a = 0, b = jv;
+      if (M2 >= 3 && I >= kSkipColumnsMinIn) {
+        a = std::min(jv, job.last_col_begin / V * V);
+        b = std::max(a, std::min(jv, (job.first_col_end + V - 1) / V * V));
       }
-      int64_t j = jv;
+      dense_span<scalar_t, 0, M2 - 2>(g, w, cw, I, 0, a, acc);
+      dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, a, b, acc);
+      dense_span<scalar_t, 1, M2 - 1>(g, w, cw, I, b, jv, acc);
+      int64_t j = jv;  // the tail follows
 #if defined(CPU_CAPABILITY_AVX2)
       if constexpr (M2 == 4 && std::is_same<scalar_t, float>::value) {
         // The four lane sums at once (three horizontal adds and one add of the halves), and the four row taps'
@@ -810,7 +806,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> backward_impl(const
       TORCH_CHECK(wc[k].scalar_type() == weights[0].scalar_type(), op, ": weights[", k,
                   "] must have the dtype of weights[0] (", weights[0].scalar_type(), "), got ", wc[k].scalar_type());
       // grad_M of an identity-size grid: G * W elementwise (bicubic_check.h); grad_W still from the kernel.
-      const bool copy_gmod = mod_requires_grad && wc[k].numel() > 0 && identity_grid(wc[k], mc[k]);
+      const bool copy_gmod = mod_requires_grad && identity_grid(wc[k], mc[k]);
       if (copy_gmod) at::mul_out(gms[k], gc[k].view(mc[k].sizes()), wc[k].view(mc[k].sizes()));
       if (copy_gmod && !weight_requires_grad) continue;
       Job<scalar_t> job = make_job<scalar_t>(wc[k], mc[k]);

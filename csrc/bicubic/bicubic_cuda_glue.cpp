@@ -39,7 +39,7 @@ void backward_one(const char* op, const at::Tensor& grad, const at::Tensor& weig
   const at::Tensor g = grad.contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor m = mod.contiguous();
-  if (grad_mod != nullptr && w.numel() > 0 && identity_grid(w, m)) {  // grad_M = G * W (bicubic_check.h)
+  if (grad_mod != nullptr && identity_grid(w, m)) {  // grad_M = G * W (bicubic_check.h)
     at::mul_out(*grad_mod, g.view(m.sizes()), w.view(m.sizes()));
     grad_mod = nullptr;
     if (grad_weight == nullptr) return;
