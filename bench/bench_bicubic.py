@@ -25,9 +25,9 @@ slow moment of the host), median of the nine:
                    vs ref_separable 220-258 ms (128 MiB extra): 10.4x                        goal >= 5x: met
   4096^2 (8,8)     cltk_out 23.4 ms (18.7-24.7), 81-123%, 0.6-0.9 MiB extra: 11.0x            goal >= 5x: met
   MobileNetV2 53   cltk_multi_out 7.13 ms (6.48-9.25) vs ref_interp_per_layer 190-250 ms:
-                   32.3x (21.6x-37.5x); 30.6x median over 27 runs of the last two versions
-                   (21.6x-39.0x, 12 runs under 30x: the host's speed moved the baseline between 162
-                   and 320 ms, the memory-bound call less)                 goal >= 30x: median met, not every run
+                   32.3x (21.6x-37.5x); five later runs 29.2x-34.5x; 31.8x median over the 14 runs
+                   of this code, 5 of them under 30x (the host's speed moves the compute-bound
+                   baseline more than the memory-bound call)               goal >= 30x: median met, not every run
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
 from __future__ import annotations
