@@ -235,6 +235,34 @@ def test_multi_autograd_node():
 
 
 @native
+def test_multi_autograd_node_graph_rules():
+    """The node follows torch's rules for a graph: a second backward needs retain_graph, an output the loss does not
+    use gets a zero gradient, and forward-mode AD is refused by name rather than silently dropped."""
+    g = torch.Generator().manual_seed(11)
+    ws = [torch.randn(10, 6, generator=g), torch.randn(6, 3, 3, 3, generator=g)]
+    ms = [torch.rand(3, 3, generator=g).requires_grad_(), torch.rand(2, 4, generator=g).requires_grad_()]
+    gs = [torch.randn_like(w) for w in ws]
+    ys = bicubic_modulate_multi(ws, ms)
+    assert ys[0].grad_fn.name() == "BicubicModulateMultiBackward"
+    first = torch.autograd.grad(ys, ms, gs, retain_graph=True)
+    again = torch.autograd.grad(ys, ms, gs)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(ys, ms, gs)
+    # only ys[1] in the loss: ms[0] gets zeros, ms[1] the single-weight op's gradient
+    ys = bicubic_modulate_multi(ws, ms)
+    g0, g1 = torch.autograd.grad((ys[1] * gs[1]).sum(), ms)
+    assert torch.equal(g0, torch.zeros_like(g0))
+    (r1,) = torch.autograd.grad((bicubic_modulate(ws[1], ms[1]) * gs[1]).sum(), [ms[1]])
+    torch.testing.assert_close(g1, r1, **tol(torch.float32))
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        dual = fwad.make_dual(ms[0].detach(), torch.ones_like(ms[0]))
+        with pytest.raises(RuntimeError, match="bicubic_modulate_multi: forward-mode AD is not supported"):
+            bicubic_modulate_multi(ws, [dual, ms[1]])
+
+
+@native
 def test_backward_is_deterministic_across_thread_counts():
     g = torch.Generator().manual_seed(5)
     w, grad = torch.randn(1100, 70, generator=g), torch.randn(1100, 70, generator=g)
