@@ -26,9 +26,10 @@ slow moment of the host), median of the nine:
   4096^2 (8,8)     cltk_out 23.4 ms (18.7-24.7), 81-123%, 0.6-0.9 MiB extra: 11.0x            goal >= 5x: met
   MobileNetV2 53   cltk_multi_out 7.13 ms (6.48-9.25) vs ref_interp_per_layer 190-250 ms:
                    32.3x (21.6x-37.5x); five later runs 29.2x-34.5x; 31.8x median over the 14 runs
-                   of that code, 5 of them under 30x. Nine later runs with the C++ Node (copy
-                   bandwidth 6.3-10.6 GB/s): 7.44-11.61 ms vs 215-268 ms, 21.1x-32.5x, median 26.0x;
-                   29.5x over all 23 runs (the call moves with the host's memory speed, the
+                   of that code, 5 of them under 30x. 17 later runs with the C++ Node: median
+                   26.0x over nine at copy bandwidth 6.3-10.6 GB/s (7.44-11.61 ms vs 215-268 ms),
+                   34.6x over eight at 10.8-12.9 GB/s (6.33-7.49 ms vs 186-252 ms); 31.6x over
+                   all 31 runs, 15 under 30x (the call moves with the host's memory speed, the
                    compute-bound baseline less)                            goal >= 30x: not met in every run
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
