@@ -59,6 +59,15 @@ class SamePad2d(nn.Module):
         return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """A CPU image batch in channels-last memory order, which oneDNN's convolutions then keep through the network.
+
+    On the CPU their depthwise backward is 2-3x faster that way than in NCHW order (fp32, 1 thread: fwd + bwd of a
+    5x5 depthwise conv over [16, 1152, 5, 5] 8.6 against 25.6 ms), and the depthwise layers dominate the training
+    step of these backbones. The values are the same up to the summation order of the convolutions."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
+
+
 def _bn_lite(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
@@ -128,7 +137,7 @@ class EfficientNetLite0(nn.Module):
         self.classifier = nn.Linear(1280, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = F.relu6(self.stem_bn(self.stem_conv(self.stem_pad(x))))
+        x = F.relu6(self.stem_bn(self.stem_conv(self.stem_pad(channels_last(x)))))
         for b in self.blocks:
             x = b(x)
         x = F.relu6(self.head_bn(self.head_conv(x)))
@@ -224,7 +233,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.features(x).mean(dim=(2, 3))
+        return self.features(channels_last(x)).mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.forward_features(x))
