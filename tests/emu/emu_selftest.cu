@@ -51,6 +51,18 @@ __global__ void convert_kernel(const float* in, float* half_rt, float* bf16_rt, 
   }
 }
 
+// A deadlock: thread 0 waits for a flag that the other threads set only after a barrier thread 0 never reaches.
+// On the GPU this hangs; the emulator must abort with a message instead.
+__global__ void deadlock_kernel(volatile int* flag) {
+  if (threadIdx.x == 0) {
+    while (*flag == 0) {
+    }
+  } else {
+    __syncthreads();
+    *flag = 1;
+  }
+}
+
 extern "C" {
 int emu_block_sum(const float* x, float* out, long n, int grid_override) {
   long grid = grid_override >= 0 ? grid_override : (n + 127) / 128;
@@ -63,6 +75,10 @@ int emu_warp_ops(const int* in, int* xo, int* uo, int* bo, unsigned* ballot, int
 }
 int emu_reverse(const float* in, float* out, int n, int threads) {
   CLTK_LAUNCH(1, threads, threads * sizeof(float), nullptr, reverse_kernel)(in, out, n);
+  return (int)cudaGetLastError();
+}
+int emu_deadlock(int* flag) {
+  CLTK_LAUNCH(1, 32, 0, nullptr, deadlock_kernel)(flag);
   return (int)cudaGetLastError();
 }
 int emu_convert(const float* in, float* h, float* b, int n) {

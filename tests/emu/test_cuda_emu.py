@@ -1,7 +1,10 @@
 """The CUDA host emulator itself: every property the kernel emulation tests rely on."""
 import ctypes
+import os
 import shutil
+import signal
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -65,6 +68,15 @@ def test_half_and_bfloat16_conversions_match_torch(lib):
     assert lib.emu_convert(ptr(x), ptr(h), ptr(b), x.numel()) == 0
     assert torch.equal(h, x.half().float())
     assert torch.equal(b, x.bfloat16().float())
+
+
+def test_a_barrier_that_not_every_thread_reaches_aborts_with_a_message(lib):
+    # Thread 0 spins on a flag the other 31 threads set only after a __syncthreads that thread 0 never reaches.
+    code = "import ctypes, sys; ctypes.CDLL(sys.argv[1]).emu_deadlock(ctypes.byref(ctypes.c_int(0)))"
+    env = dict(os.environ, CLTK_EMU_BARRIER_TIMEOUT_S="1")
+    res = subprocess.run([sys.executable, "-c", code, lib._name], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == -signal.SIGABRT, (res.returncode, res.stderr)
+    assert "cuda_emu: __syncthreads timed out after 1 s with 31 of 32 threads arrived" in res.stderr
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
