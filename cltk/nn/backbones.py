@@ -56,7 +56,10 @@ class SamePad2d(nn.Module):
         pw = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
         if ph == 0 and pw == 0:
             return x
-        return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        # F.pad returns NCHW for a [N, C, 1, 1] map (contiguous in both orders): without channels_last the 5x5
+        # depthwise layers at 1 x 1 run in NCHW order, 2.3x slower (fwd + bwd over [16, 1152, 1, 1], 1 thread:
+        # 17.9 against 7.7 ms). For every other map the padded output keeps the input's order and this is a no-op.
+        return channels_last(F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]))
 
 
 def channels_last(x: Tensor) -> Tensor:
