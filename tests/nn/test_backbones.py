@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from cltk.nn.backbones import (EfficientNetLite0, MultiHeadNet, TaskBatchNorm2d, build_task_model, efficientnet_lite0,
-                               efficientnet_lite0_key_map, efficientnet_lite0_weights_path, mobilenet_v2, set_task)
+from cltk.nn.backbones import (EfficientNetLite0, MultiHeadNet, SamePad2d, TaskBatchNorm2d, build_task_model,
+                               efficientnet_lite0, efficientnet_lite0_key_map, efficientnet_lite0_weights_path, mobilenet_v2, set_task)
 from cltk.streams.image_tasks import make_image_task_stream
 
 
@@ -53,6 +53,16 @@ def test_lite0_matches_reference_model_bit_for_bit(stream, size):
     assert a.shape == (4, 1000)
     assert torch.equal(a, b)
     torch.testing.assert_close(nchw, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_same_padding_keeps_channels_last_order(size):
+    # A [N, C, 1, 1] map is contiguous in both orders and F.pad alone returns it in NCHW order.
+    x = torch.randn(2, 8, size, size).contiguous(memory_format=torch.channels_last)
+    y = SamePad2d(5, 1)(x)
+    assert y.shape == (2, 8, size + 4, size + 4)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert torch.equal(y, torch.nn.functional.pad(x, [2, 2, 2, 2]))
 
 
 def test_lite0_pretrained_features_separate_real_classes(stream):
