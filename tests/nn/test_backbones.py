@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from cltk.nn.backbones import (EfficientNetLite0, MultiHeadNet, SamePad2d, TaskBatchNorm2d, build_task_model,
-                               efficientnet_lite0, efficientnet_lite0_key_map, efficientnet_lite0_weights_path, mobilenet_v2, set_task)
+                               efficientnet_lite0, efficientnet_lite0_key_map, efficientnet_lite0_weights_path,
+                               mobilenet_v2, set_task)
 from cltk.streams.image_tasks import make_image_task_stream
 
 
