@@ -67,8 +67,13 @@ def channels_last(x: Tensor) -> Tensor:
 
     On the CPU their depthwise backward is 2-3x faster that way than in NCHW order (fp32, 1 thread: fwd + bwd of a
     5x5 depthwise conv over [16, 1152, 5, 5] 8.6 against 25.6 ms), and the depthwise layers dominate the training
-    step of these backbones. The values are the same up to the summation order of the convolutions."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.device.type == "cpu" else x
+    step of these backbones. The values are the same up to the summation order of the convolutions.
+
+    Inside a ``torch.func`` transform (the per-sample gradients of EWC's Fisher and MAS use ``vmap``) the batch is
+    left as it is: ``vmap`` has no rule for a channels-last copy."""
+    if x.dim() != 4 or x.device.type != "cpu" or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _bn_lite(c: int) -> nn.BatchNorm2d:

@@ -162,3 +162,26 @@ def test_build_task_model_checks_its_arguments(stream):
     m = build_task_model(stream, backbone="mobilenet_v2")
     assert isinstance(m, MultiHeadNet) and len(m.heads) == 4 and m.heads[0].out_features == 5
     set_task(m, 2)   # a plain backbone has nothing task-conditioned: a no-op
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v2"])
+def test_per_sample_gradients_of_the_backbones_are_vectorised(stream, backbone):
+    """EWC's Fisher and MAS take the backbones' per-sample gradients with torch.func.vmap, which has no rule for the
+    channels-last copy of `channels_last` (it leaves functorch tensors as they are), and get the per-sample loop's
+    values."""
+    from cltk.methods._penalty import _moment_loop, _moment_vmap, trainable_parameters
+
+    model = build_task_model(stream, backbone=backbone).eval()
+    task = stream.tasks[1]
+    x, y = task.train.x[:3], task.train.y[:3]
+
+    def nll(logits, label):
+        return nn.functional.cross_entropy(logits[:, list(task.output_units)], label - task.output_units[0])
+
+    fast = [torch.zeros_like(p) for p in trainable_parameters(model)]
+    _moment_vmap(model, nll, (x, y), 2, 2, fast)      # chunks of 2 and 1
+    slow = [torch.zeros_like(p) for p in fast]
+    _moment_loop(model, nll, (x, y), 2, slow)
+    assert len(fast) > 100 and sum(float(t.sum()) for t in slow) > 0
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-12)
