@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cltk.methods._penalty import (QuadraticRegularizer, all_reduce_mean_, detached_copy, per_sample_grad_moment,
-                                   rank_shard, trainable_parameters, unwrap_ddp)
+from cltk.methods._penalty import (MAX_CHUNK, QuadraticRegularizer, all_reduce_mean_, detached_copy,
+                                   per_sample_grad_moment, rank_shard, trainable_parameters, unwrap_ddp)
 from cltk.methods.base import Method, MethodConfig, register
 from cltk.streams.base import Task
 
@@ -54,13 +54,14 @@ FISHER_LABELS = ("true", "empirical", "predicted")
 class EWCConfig(MethodConfig):
     """``lambda_``: penalty strength (>= 0); ``fisher``: label source, one of ``FISHER_LABELS``;
     ``fisher_samples``: how many training samples estimate the Fisher (``None``: all); ``fisher_chunk``: samples
-    per vectorised per-sample-gradient pass (memory only, not the result); ``fisher_seed``: seeds the sample draw
-    and the sampled labels."""
+    per vectorised per-sample-gradient pass (memory only, not the result; ``None``: as many as keep a pass's
+    per-sample gradients within 512 MiB, at most 256, see ``cltk.methods._penalty.auto_chunk_size``);
+    ``fisher_seed``: seeds the sample draw and the sampled labels."""
 
     lambda_: float = 1e7
     fisher: str = "true"
     fisher_samples: Optional[int] = None
-    fisher_chunk: int = 256
+    fisher_chunk: Optional[int] = None
     fisher_seed: int = 0
 
     def validate(self) -> None:
@@ -70,12 +71,13 @@ class EWCConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}.fisher must be one of {FISHER_LABELS}, got {self.fisher!r}")
         if self.fisher_samples is not None:
             self.check_int("fisher_samples", 1)
-        self.check_int("fisher_chunk", 1)
+        if self.fisher_chunk is not None:
+            self.check_int("fisher_chunk", 1)
         self.check_int("fisher_seed", 0)
 
 
 def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = "true",
-                    n_samples: Optional[int] = None, chunk_size: int = 256, seed: int = 0) -> list[Tensor]:
+                    n_samples: Optional[int] = None, chunk_size: Optional[int] = None, seed: int = 0) -> list[Tensor]:
     """Diagonal Fisher of ``model`` on ``task``'s training data: ``E_x[(d log p(y|x) / d theta)^2]``.
 
     The log-likelihood is over the units ``method.active_mask`` allows for the task (the rest are masked out), with
@@ -99,7 +101,8 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model(x[s:s + chunk_size]) for s in range(0, x.shape[0], chunk_size)])
+            step = chunk_size or MAX_CHUNK      # no per-sample gradients here
+            logits = torch.cat([model(x[s:s + step]) for s in range(0, x.shape[0], step)])
         model.train(was_training)
         logits = logits.masked_fill(~mask, float("-inf"))
         if labels == "predicted":

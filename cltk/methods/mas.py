@@ -33,11 +33,12 @@ __all__ = ["MASConfig", "MAS"]
 @dataclass
 class MASConfig(MethodConfig):
     """``lambda_`` (>= 0): penalty strength; ``samples``: training samples per task the importance is estimated
-    on (``None``: all); ``chunk``: samples per vectorised per-sample-gradient pass; ``seed``: the sample draw."""
+    on (``None``: all); ``chunk``: samples per vectorised per-sample-gradient pass (memory only; ``None``: as many
+    as keep a pass's per-sample gradients within 512 MiB, at most 256); ``seed``: the sample draw."""
 
     lambda_: float = 1.0
     samples: Optional[int] = None
-    chunk: int = 256
+    chunk: Optional[int] = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -45,7 +46,8 @@ class MASConfig(MethodConfig):
         self.check_nonnegative("lambda_")
         if self.samples is not None:
             self.check_int("samples", 1)
-        self.check_int("chunk", 1)
+        if self.chunk is not None:
+            self.check_int("chunk", 1)
         self.check_int("seed", 0)
 
 

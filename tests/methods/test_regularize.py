@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cltk.methods import Batch, get_method
-from cltk.methods._penalty import (_moment_loop, merge_quadratic_terms, per_sample_grad_moment, quadratic_penalty,
+from cltk.methods._penalty import (MAX_CHUNK, PER_SAMPLE_GRAD_BYTES, _moment_loop, auto_chunk_size,
+                                   merge_quadratic_terms, per_sample_grad_moment, quadratic_penalty,
                                    quadratic_penalty_ref, trainable_parameters)
 from cltk.methods.ewc import estimate_fisher
 from cltk.testing.tolerances import tol
@@ -94,6 +95,42 @@ def test_fisher_vmap_matches_per_sample_loop(streams):
     _moment_loop(model, nll, (task.train.x, mask, task.train.y), 2, ref)
     for a, b in zip(full, ref):
         torch.testing.assert_close(a, b / len(task.train), **tol(torch.float32))
+
+
+def test_models_vmap_cannot_trace_fall_back_to_the_loop_with_a_warning():
+    class Branchy(torch.nn.Module):      # data-dependent control flow: vmap cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out if bool(out.sum() > 0) else -out
+
+    torch.manual_seed(0)
+    model, x, y = Branchy(), torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+    with pytest.warns(RuntimeWarning, match=r"vmap cannot trace Branchy \(RuntimeError: .*\); computing the 5 "
+                                            r"per-sample gradients one backward pass at a time"):
+        got = per_sample_grad_moment(model, F.cross_entropy, (x, y), power=2)
+    ref = [torch.zeros_like(p) for p in model.parameters()]
+    _moment_loop(model, F.cross_entropy, (x, y), 2, ref)
+    assert sum(float(t.sum()) for t in ref) > 0
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b / 5, **tol(torch.float32))
+
+
+def test_auto_chunk_size_bounds_one_pass_of_per_sample_gradients():
+    def params(*numels):
+        return [torch.empty(n, device="meta") for n in numels]
+
+    assert auto_chunk_size(params(478_410)) == MAX_CHUNK == 256         # the 2x400 MLP: 1.9 MB per sample
+    assert auto_chunk_size(params(4_000_000, 677_628)) == 28            # EfficientNet-Lite0 + heads: 18.7 MB
+    assert auto_chunk_size(params(PER_SAMPLE_GRAD_BYTES // 4 // 3 + 1)) == 2
+    assert auto_chunk_size(params(PER_SAMPLE_GRAD_BYTES // 4 + 1)) == 1  # never less than one sample
+    assert auto_chunk_size([torch.empty(1000, dtype=torch.float64, device="meta")]) == MAX_CHUNK
+    assert auto_chunk_size(params(PER_SAMPLE_GRAD_BYTES // 8 // 100)) == 200
+    assert auto_chunk_size([torch.empty(PER_SAMPLE_GRAD_BYTES // 8 // 100, dtype=torch.float64,
+                                        device="meta")]) == 100
 
 
 def test_linear_stack_fisher_equals_the_per_sample_gradients(streams):
@@ -394,6 +431,8 @@ def test_config_defaults_and_boundaries():
     ewc, on, si, mas = (get_method(n).config for n in ("ewc", "online-ewc", "si", "mas"))
     assert (ewc.lambda_, ewc.fisher, on.lambda_, on.gamma) == (1e7, "true", 1e8, 0.8)
     assert (si.c, si.xi, mas.lambda_) == (1.0, 1e-3, 1.0)
+    assert ewc.fisher_chunk is None and on.fisher_chunk is None and mas.chunk is None   # auto_chunk_size
+    assert get_method("ewc", fisher_chunk=1).config.fisher_chunk == get_method("mas", chunk=1).config.chunk == 1
 
 
 # ---- state_dict round trip -------------------------------------------------------------------------------------
