@@ -15,10 +15,11 @@ once per new term), so a step costs the same whatever the number of tasks (1.9 m
 
 Importances built from per-sample gradients (the diagonal Fisher of EWC, the output-norm sensitivity of MAS) come
 from :func:`per_sample_grad_moment`, which uses ``torch.func.vmap`` over chunks of samples and falls back to a loop of
-single-sample backward passes for models ``vmap`` cannot trace. For the squared moment of a plain stack of
-``nn.Linear`` layers and elementwise activations (the MLPs of the split-MNIST protocols) it needs no per-sample
-gradient at all: sample n's gradient of a layer's weight is the outer product ``delta_n x_n^T`` of the gradient at
-the layer's output and its input, so the sum of its squares over n is one matrix product, ``(delta^2)^T (x^2)``.
+single-sample backward passes for models ``vmap`` cannot trace. For a plain stack of ``nn.Linear`` layers and
+elementwise activations (the MLPs of the split-MNIST protocols) it needs no per-sample gradient at all: sample n's
+gradient of a layer's weight is the outer product ``delta_n x_n^T`` of the gradient at the layer's output and its
+input, so the sum of its squares (absolute values) over n is one matrix product, ``(delta^2)^T (x^2)``
+(``|delta|^T |x|``).
 """
 from __future__ import annotations
 
@@ -194,6 +195,8 @@ def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor],
     afterwards; its parameters and gradients are left untouched. A model ``torch.func.vmap`` cannot trace gets one
     backward pass per sample, with a ``RuntimeWarning`` that says why.
     """
+    if power not in (1, 2):
+        raise ValueError(f"per_sample_grad_moment: power must be 1 or 2, got {power!r}")
     model = unwrap_ddp(model)
     params = trainable_parameters(model)
     out = [torch.zeros_like(p) for p in params]
@@ -203,7 +206,7 @@ def per_sample_grad_moment(model: nn.Module, sample_loss: Callable[..., Tensor],
     was_training = model.training
     model.eval()
     try:
-        done = power == 2 and _moment_linear_sq(model, sample_loss, inputs, chunk_size or MAX_CHUNK, out)
+        done = _moment_linear(model, sample_loss, inputs, power, chunk_size or MAX_CHUNK, out)
         try:
             if not done:
                 _moment_vmap(model, sample_loss, inputs, power, chunk_size or auto_chunk_size(params), out)
@@ -246,11 +249,12 @@ def _linear_stack(model: nn.Module) -> Optional[list[nn.Linear]]:
     return linears
 
 
-def _moment_linear_sq(model, sample_loss, inputs, chunk_size, out) -> bool:
-    """Sum over samples of the squared per-sample gradients of a linear stack without forming them: for each layer,
-    ``(delta^2)^T (x^2)`` for the weight and ``sum_n delta_n^2`` for the bias, ``delta_n`` being the gradient of
-    sample n's loss at the layer's output (one backward pass of the chunk with the per-sample loss gradients of the
-    logits as ``grad_outputs``). Returns False, with ``out`` untouched, when the model is not such a stack or a layer
+def _moment_linear(model, sample_loss, inputs, power, chunk_size, out) -> bool:
+    """Sum over samples of ``|per-sample gradient|^power`` of a linear stack without forming the gradients: sample
+    n's weight gradient is the outer product ``delta_n x_n^T`` and ``|delta_n x_n^T|^p = |delta_n|^p (|x_n|^p)^T``,
+    so for each layer it is ``(|delta|^p)^T (|x|^p)`` for the weight and ``sum_n |delta_n|^p`` for the bias,
+    ``delta_n`` being the gradient of sample n's loss at the layer's output (one backward pass of the chunk with the
+    per-sample loss gradients of the logits as ``grad_outputs``). Returns False, with ``out`` untouched, when the model is not such a stack or a layer
     is called more than once or on other than ``[N, features]`` inputs."""
     from torch.func import grad, vmap
 
@@ -287,11 +291,12 @@ def _moment_linear_sq(model, sample_loss, inputs, chunk_size, out) -> bool:
             for m, d in zip(live, deltas):
                 if d is None:
                     continue
-                d2 = d.square()
+                dp = d.square() if power == 2 else d.abs()
                 if id(m.weight) in slot:
-                    sums[slot[id(m.weight)]].addmm_(d2.t(), seen[m][0].square())
+                    xp = seen[m][0].square() if power == 2 else seen[m][0].abs()
+                    sums[slot[id(m.weight)]].addmm_(dp.t(), xp)
                 if m.bias is not None and id(m.bias) in slot:
-                    sums[slot[id(m.bias)]].add_(d2.sum(0))
+                    sums[slot[id(m.bias)]].add_(dp.sum(0))
     finally:
         for h in handles:
             h.remove()

@@ -119,6 +119,11 @@ def test_models_vmap_cannot_trace_fall_back_to_the_loop_with_a_warning():
         torch.testing.assert_close(a, b / 5, **tol(torch.float32))
 
 
+def test_per_sample_grad_moment_takes_power_1_or_2():
+    with pytest.raises(ValueError, match="per_sample_grad_moment: power must be 1 or 2, got 3"):
+        per_sample_grad_moment(torch.nn.Linear(2, 2), F.cross_entropy, (torch.zeros(1, 2), torch.zeros(1).long()), 3)
+
+
 def test_auto_chunk_size_bounds_one_pass_of_per_sample_gradients():
     def params(*numels):
         return [torch.empty(n, device="meta") for n in numels]
@@ -133,10 +138,12 @@ def test_auto_chunk_size_bounds_one_pass_of_per_sample_gradients():
                                         device="meta")]) == 100
 
 
-def test_linear_stack_fisher_equals_the_per_sample_gradients(streams):
-    """The (delta^2)^T (x^2) path for plain linear stacks gives vmap's per-sample result, with a frozen layer and
-    chunks; models it cannot treat exactly (a layer called twice, a convolution) are left to vmap."""
-    from cltk.methods._penalty import _moment_linear_sq, _moment_vmap
+@pytest.mark.parametrize("power", [2, 1])
+def test_linear_stack_moments_equal_the_per_sample_gradients(streams, power):
+    """The (delta^2)^T (x^2) path for plain linear stacks (|delta|^T |x| for MAS's absolute values) gives vmap's
+    per-sample result, with a frozen layer and chunks; models it cannot treat exactly (a layer called twice, a
+    convolution) are left to vmap."""
+    from cltk.methods._penalty import _moment_linear, _moment_vmap
     from cltk.models import MLP
 
     stream = streams["task"]
@@ -151,11 +158,15 @@ def test_linear_stack_fisher_equals_the_per_sample_gradients(streams):
     def nll(logits, msk, label):
         return F.cross_entropy(logits.masked_fill(~msk, float("-inf")), label)
 
+    def squared_norm(logits, msk):      # MAS's
+        return (logits * msk).pow(2).sum()
+
+    loss, inputs = (nll, (x, mask, y)) if power == 2 else (squared_norm, (x, mask))
     model.eval()
     fast = [torch.zeros_like(p) for p in trainable_parameters(model)]
-    assert _moment_linear_sq(model, nll, (x, mask, y), 16, fast)
+    assert _moment_linear(model, loss, inputs, power, 16, fast)
     ref = [torch.zeros_like(p) for p in trainable_parameters(model)]
-    _moment_vmap(model, nll, (x, mask, y), 2, 16, ref)
+    _moment_vmap(model, loss, inputs, power, 16, ref)
     assert len(fast) == 5 and sum(float(t.sum()) for t in ref) > 0
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, **tol(torch.float32))
@@ -165,8 +176,8 @@ def test_linear_stack_fisher_equals_the_per_sample_gradients(streams):
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 2))
     for net, xs in ((twice, torch.randn(6, 4)), (conv, torch.randn(6, 1, 4, 4))):
         out = [torch.zeros_like(p) for p in net.parameters()]
-        assert not _moment_linear_sq(net, lambda o, lab: F.cross_entropy(o[:, :2], lab), (xs, torch.zeros(6).long()),
-                                     4, out)
+        assert not _moment_linear(net, lambda o, lab: F.cross_entropy(o[:, :2], lab), (xs, torch.zeros(6).long()),
+                                  power, 4, out)
         assert all(not t.any() for t in out)
 
 
