@@ -10,7 +10,10 @@ from cltk.ops.metalstm import meta_lstm_init, meta_lstm_ref
 from cltk.testing.tolerances import tol
 from tests.emu.conftest import ptr
 
-SHAPES = [(1, 4, 8, 3), (37, 3, 5, 2), (130, 4, 8, 3), (20, 6, 4, 1)]  # (N, F, H, L)
+# (N, F, H, L). The emulated time grows with the number of weights (each weight gradient is a warp sum of five
+# shuffles, each an emulated warp barrier) times the blocks: the two-block case N=130 takes a small network (alone
+# 0.8 s against 4.6 s with F=4, H=8, L=3; beside the other test worker 50 s with those), whose sizes N=1 covers.
+SHAPES = [(1, 4, 8, 3), (37, 3, 5, 2), (130, 3, 4, 2), (20, 6, 4, 1)]
 IDS = [f"N{n}_F{f}_H{h}_L{l}" for n, f, h, l in SHAPES]
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
