@@ -170,8 +170,8 @@ def all_reduce_mean_(tensors: list[Tensor]) -> list[Tensor]:
 # Samples per pass when the caller leaves the chunk size to per_sample_grad_moment: at most MAX_CHUNK, and at most
 # as many as keep one pass's per-sample gradients within PER_SAMPLE_GRAD_BYTES (their squares or absolute values
 # take as much again). EfficientNet-Lite0 (4.68 M parameters, 18.7 MB of gradients per sample) then takes 28 samples
-# at a time. Its Fisher over 512 samples at 32x32 (1 thread): chunks of 256 took 48.8 s and 13.3 GiB peak resident,
-# 64 25.2 s / 3.9 GiB, 32 17.6 s / 2.4 GiB, 16 18.2 s / 1.5 GiB, one sample at a time (the loop) 19.9 s / 0.5 GiB.
+# at a time. Its Fisher over 512 samples at 32x32 (1 thread, CPU time, peak resident): chunks of 256 41-49 s and
+# 13.3 GiB, 64 25 s / 3.9 GiB, 28 17-18 s / 2.2 GiB, 16 18 s / 1.5 GiB, one sample at a time (the loop) 20 s / 0.5 GiB.
 MAX_CHUNK = 256
 PER_SAMPLE_GRAD_BYTES = 512 << 20
 
@@ -254,8 +254,8 @@ def _moment_linear(model, sample_loss, inputs, power, chunk_size, out) -> bool:
     n's weight gradient is the outer product ``delta_n x_n^T`` and ``|delta_n x_n^T|^p = |delta_n|^p (|x_n|^p)^T``,
     so for each layer it is ``(|delta|^p)^T (|x|^p)`` for the weight and ``sum_n |delta_n|^p`` for the bias,
     ``delta_n`` being the gradient of sample n's loss at the layer's output (one backward pass of the chunk with the
-    per-sample loss gradients of the logits as ``grad_outputs``). Returns False, with ``out`` untouched, when the model is not such a stack or a layer
-    is called more than once or on other than ``[N, features]`` inputs."""
+    per-sample loss gradients of the logits as ``grad_outputs``). Returns False, with ``out`` untouched, when the
+    model is not such a stack or a layer is called more than once or on other than ``[N, features]`` inputs."""
     from torch.func import grad, vmap
 
     linears = _linear_stack(model)
