@@ -9,8 +9,9 @@
 //   * __syncthreads() is a barrier over the block's live threads; a thread that returns from the kernel
 //     leaves every barrier (as on sm_70+), so early-exit patterns behave as on the GPU;
 //   * warps are groups of 32 consecutive linear thread ids; the __shfl_*_sync / __ballot_sync / __any_sync /
-//     __all_sync intrinsics exchange values through a per-warp buffer between two warp barriers, so every
-//     live lane of the warp must take part, as the full-mask forms require;
+//     __all_sync intrinsics publish values into a double-buffered per-warp buffer and pass one warp barrier, so
+//     every live lane of the warp must take part, as the full-mask forms require; a lane that has returned
+//     yields the reader's own value and is left out of ballots;
 //   * static __shared__ arrays are function-local statics: one copy, shared by the block's threads, reused
 //     by the next block (contents are undefined between blocks, as on the GPU). Dynamic shared memory is a
 //     per-launch buffer filled with 0xFF bytes (NaN for floats) so reads of never-written shared memory show;
@@ -305,10 +306,17 @@ class Barrier {
   int arrived_ = 0;
 };
 
+// A lane's published value for one warp exchange, tagged with the exchange's number in the lane's sequence of warp
+// exchanges (the same for every lane of a warp that keeps to the same warp-level calls).
+struct Slot {
+  alignas(16) unsigned char v[16];
+  uint64_t seq = 0;
+};
+
 struct Warp {
   Barrier bar;
   int size = 0;
-  alignas(16) unsigned char slot[32][16];
+  Slot slot[2][32];  // double-buffered by the parity of the exchange number (see warp_exchange)
   bool live[32];
 };
 
@@ -316,6 +324,7 @@ struct ThreadCtx {
   Barrier* block_bar = nullptr;
   Warp* warp = nullptr;
   int lane = 0;
+  uint64_t exchanges = 0;  // warp exchanges (shuffles, votes) this thread has made
 };
 
 inline thread_local ThreadCtx tctx;
@@ -349,19 +358,31 @@ inline unsigned __activemask() {
 }
 
 namespace cltk_emu {
-// Exchange one value per lane: every live lane publishes `v`, then reads lane `src(lane)`; a source lane
-// outside the warp or not live yields the caller's own value, as the hardware does for out-of-range lanes.
-template <class T, class SrcFn>
-inline T warp_exchange(T v, SrcFn src_of, const char* what) {
+// Every lane of the warp still running publishes a value for exchange number k into slot[k % 2], passes the warp
+// barrier once, and reads the slots of exchange k; returns k's slots. One barrier per exchange is enough with two
+// buffers: slot[k % 2] is written again by exchange k + 2, after the barrier of exchange k + 1, which no lane passes
+// before every lane still running has read exchange k's values (a shuffle with a barrier before and after the reads
+// took two). A slot whose tag is not k belongs to a lane that finished before exchange k.
+template <class T>
+inline Slot* warp_publish(T v, const char* what) {
   static_assert(sizeof(T) <= 16, "cuda_emu: shuffle of a type wider than 16 bytes");
   Warp* w = tctx.warp;
-  const int lane = tctx.lane;
-  std::memcpy(w->slot[lane], &v, sizeof(T));
+  const uint64_t k = ++tctx.exchanges;
+  Slot* slots = w->slot[k % 2];
+  std::memcpy(slots[tctx.lane].v, &v, sizeof(T));
+  slots[tctx.lane].seq = k;
   w->bar.wait(what);
-  const int src = src_of(lane);
+  return slots;
+}
+
+// Exchange one value per lane: every running lane publishes `v`, then reads lane `src(lane)`; a source lane
+// outside the warp or finished yields the caller's own value, as the hardware does for out-of-range lanes.
+template <class T, class SrcFn>
+inline T warp_exchange(T v, SrcFn src_of, const char* what) {
+  const Slot* slots = warp_publish(v, what);
+  const int src = src_of(tctx.lane);
   T r = v;
-  if (src >= 0 && src < w->size && w->live[src]) std::memcpy(&r, w->slot[src], sizeof(T));
-  w->bar.wait(what);
+  if (src >= 0 && src < tctx.warp->size && slots[src].seq == tctx.exchanges) std::memcpy(&r, slots[src].v, sizeof(T));
   return r;
 }
 }  // namespace cltk_emu
@@ -393,17 +414,13 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = warpSize) {
 }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   using cltk_emu::tctx;
-  cltk_emu::Warp* w = tctx.warp;
-  int p = pred ? 1 : 0;
-  std::memcpy(w->slot[tctx.lane], &p, sizeof(int));
-  w->bar.wait("__ballot_sync");
+  const cltk_emu::Slot* slots = cltk_emu::warp_publish(int(pred ? 1 : 0), "__ballot_sync");
   unsigned bits = 0;
-  for (int i = 0; i < w->size; ++i) {
+  for (int i = 0; i < tctx.warp->size; ++i) {
     int q;
-    std::memcpy(&q, w->slot[i], sizeof(int));
-    if (w->live[i] && q) bits |= 1u << i;
+    std::memcpy(&q, slots[i].v, sizeof(int));
+    if (slots[i].seq == tctx.exchanges && q) bits |= 1u << i;
   }
-  w->bar.wait("__ballot_sync");
   return bits & mask;
 }
 inline int __any_sync(unsigned mask, int pred) { return __ballot_sync(mask, pred) != 0; }

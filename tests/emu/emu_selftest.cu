@@ -33,6 +33,20 @@ __global__ void warp_ops_kernel(const int* in, int* xor_out, int* up_out, int* b
   if ((t & 31) == 0) ballot_out[t / 32] = b;
 }
 
+// Lanes with rounds[t] < 0 return at once; the others take the warp's ballot, then make rounds[t] shuffles down by
+// one lane, each adding 1, and return: lanes leave the warp at different exchanges. The emulator's rule, which this
+// checks: a source lane that has returned yields the caller's own value, and a ballot leaves it out (on the GPU a
+// full mask naming a lane that has returned is undefined).
+__global__ void leaving_lanes_kernel(const int* rounds, int* out, unsigned* ballot_out) {
+  const int t = threadIdx.x;
+  if (rounds[t] < 0) return;
+  const unsigned b = __ballot_sync(0xffffffffu, 1);
+  if ((t & 31) == 0) ballot_out[t / 32] = b;
+  int v = t;
+  for (int r = 0; r < rounds[t]; ++r) v = __shfl_down_sync(0xffffffffu, v, 1) + 1;
+  out[t] = v;
+}
+
 // Reverse within a block through dynamic shared memory; threads past n return before the barrier.
 __global__ void reverse_kernel(const float* in, float* out, int n) {
   CLTK_DYNAMIC_SMEM(float, buf);
@@ -71,6 +85,10 @@ int emu_block_sum(const float* x, float* out, long n, int grid_override) {
 }
 int emu_warp_ops(const int* in, int* xo, int* uo, int* bo, unsigned* ballot, int threads) {
   CLTK_LAUNCH(1, threads, 0, nullptr, warp_ops_kernel)(in, xo, uo, bo, ballot);
+  return (int)cudaGetLastError();
+}
+int emu_leaving_lanes(const int* rounds, int* out, unsigned* ballot, int threads) {
+  CLTK_LAUNCH(1, threads, 0, nullptr, leaving_lanes_kernel)(rounds, out, ballot);
   return (int)cudaGetLastError();
 }
 int emu_reverse(const float* in, float* out, int n, int threads) {

@@ -52,6 +52,33 @@ def test_warp_intrinsics(lib, threads):
     assert torch.equal(ballot32.to(torch.int64) & 0xFFFFFFFF, ballot)
 
 
+@pytest.mark.parametrize("threads", [32, 64, 40])
+def test_shuffles_and_ballots_with_lanes_leaving_at_different_exchanges(lib, threads):
+    """One warp barrier per exchange (double-buffered slots): a lane may return right after an exchange while the
+    others still read it, and later exchanges must not take its stale slot."""
+    g = torch.Generator().manual_seed(threads)
+    rounds = torch.randint(-1, 7, (threads,), generator=g, dtype=torch.int32)
+    rounds[::5] = 6                                        # some lanes run to the end
+    out = torch.full((threads,), -7, dtype=torch.int32)
+    ballot = torch.zeros((threads + 31) // 32, dtype=torch.int32)
+    assert lib.emu_leaving_lanes(ptr(rounds), ptr(out), ptr(ballot), threads) == 0
+    v = torch.arange(threads)
+    for r in range(int(rounds.max())):
+        new = v.clone()
+        for lane in range(threads):
+            if rounds[lane] > r:
+                src = lane + 1
+                ok = src % 32 != 0 and src < threads and rounds[src] > r   # src made this exchange
+                new[lane] = v[src if ok else lane] + 1
+        v = new
+    ran = rounds >= 0
+    assert torch.equal(out[ran].long(), v[ran]) and bool((out[~ran] == -7).all())
+    for w in range(len(ballot)):
+        bits = sum(1 << i for i in range(32) if w * 32 + i < threads and ran[w * 32 + i])
+        assert int(ballot[w]) & 0xFFFFFFFF == bits
+    assert len(set(rounds.tolist())) >= 4
+
+
 @pytest.mark.parametrize("n,threads", [(64, 64), (50, 64), (1, 32)])
 def test_dynamic_shared_memory_and_early_exit(lib, n, threads):
     inp = torch.randn(threads)
