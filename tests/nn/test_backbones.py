@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+import cltk.nn.backbones as backbones
 from cltk.nn.backbones import (EfficientNetLite0, MultiHeadNet, SamePad2d, TaskBatchNorm2d, build_task_model,
-                               efficientnet_lite0, efficientnet_lite0_key_map, efficientnet_lite0_weights_path,
-                               mobilenet_v2, set_task)
+                               depthwise_one_pixel, efficientnet_lite0, efficientnet_lite0_key_map,
+                               efficientnet_lite0_weights_path, mobilenet_v2, set_task)
 from cltk.streams.image_tasks import make_image_task_stream
 
 
@@ -185,3 +186,79 @@ def test_per_sample_gradients_of_the_backbones_are_vectorised(stream, backbone):
     assert len(fast) > 100 and sum(float(t.sum()) for t in slow) > 0
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-12)
+
+
+def _depthwise_convs(c, k, bias):
+    from cltk.methods.piggyback import MaskedConv2d
+    from cltk.nn.modulated import ModulatedConv2d
+
+    g = torch.Generator().manual_seed(c * 10 + k)
+    conv = nn.Conv2d(c, c, k, groups=c, bias=bias)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    mod = ModulatedConv2d(conv, grid=(2, 2))
+    with torch.no_grad():
+        mod.deltas[0].copy_(torch.randn(mod.deltas[0].shape, generator=g) * 0.3)
+    masked = MaskedConv2d(conv, mask_init=0.0)
+    with torch.no_grad():
+        masked.masks[0].copy_(torch.randn(masked.masks[0].shape, generator=g) * 1e-2)
+    return conv, mod, masked
+
+
+@pytest.mark.parametrize("k,top,left", [(5, 2, 2), (3, 1, 1), (3, 0, 2)])
+def test_depthwise_one_pixel_equals_the_padded_convolution(k, top, left):
+    """Values bit for bit and gradients (input, weight, modulation grid, mask scores) against F.conv2d over the
+    zero-padded 1x1 map, for a plain, a modulated and a masked depthwise convolution."""
+    c = 12
+    x0 = torch.randn(4, c, 1, 1).contiguous(memory_format=torch.channels_last)
+    for conv in _depthwise_convs(c, k, bias=False):
+        x = x0.clone().requires_grad_()
+        got = depthwise_one_pixel(conv, x, top, left)
+        xr = x0.clone().requires_grad_()
+        padded = nn.functional.pad(xr, [left, k - 1 - left, top, k - 1 - top])
+        w = conv.effective_weight() if hasattr(conv, "effective_weight") else conv.weight
+        want = nn.functional.conv2d(padded, w, conv.bias, groups=c)
+        assert want.shape == got.shape == (4, c, 1, 1)
+        assert torch.equal(got, want), type(conv).__name__
+        params = [p for p in conv.parameters() if p.requires_grad]
+        gy = torch.randn(got.shape)
+        ga = torch.autograd.grad(got, [x] + params, gy)
+        gb = torch.autograd.grad(want, [xr] + params, gy)
+        assert len(ga) >= 2
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_one_pixel_refuses_what_it_does_not_compute():
+    conv = nn.Conv2d(8, 8, 3, groups=8, bias=False)
+    assert depthwise_one_pixel(conv, torch.randn(2, 8, 2, 2), 1, 1) is None            # not a 1x1 map
+    assert depthwise_one_pixel(nn.Conv2d(8, 8, 3, bias=False), torch.randn(2, 8, 1, 1), 1, 1) is None   # dense
+    assert depthwise_one_pixel(nn.Conv2d(8, 16, 3, groups=8), torch.randn(2, 8, 1, 1), 1, 1) is None  # multiplier 2
+    assert depthwise_one_pixel(nn.Conv2d(8, 8, 3, groups=8, dilation=2), torch.randn(2, 8, 1, 1), 1, 1) is None
+    assert depthwise_one_pixel(conv, torch.randn(2, 8, 1, 1), 3, 0) is None             # the tap is outside
+    assert all(depthwise_one_pixel(c, torch.randn(2, 8, 1, 1), 1, 1) is None             # a bias: F.conv2d's order
+               for c in _depthwise_convs(8, 3, bias=True))
+    assert depthwise_one_pixel(nn.Linear(8, 8), torch.randn(2, 8, 1, 1), 0, 0) is None
+
+
+@pytest.mark.parametrize("backbone,layers", [("efficientnet_lite0", 4), ("mobilenet_v2", 3)])
+def test_backbones_take_the_one_pixel_depthwise_at_32x32_with_the_convolutions_values(stream, backbone, layers,
+                                                                                       monkeypatch):
+    model = build_task_model(stream, backbone=backbone).eval()
+    x, t = stream.tasks[2].test.x[:4], torch.full((4,), 2)
+    calls = []
+
+    def counted(conv, inp, top, left):
+        y = depthwise_one_pixel(conv, inp, top, left)
+        calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(backbones, "depthwise_one_pixel", counted)
+    with torch.no_grad():
+        got = model(x, t)
+    assert calls == [True] * layers
+    monkeypatch.setattr(backbones, "depthwise_one_pixel", lambda *a: None)     # every layer a convolution
+    with torch.no_grad():
+        want = model(x, t)
+    assert torch.equal(got, want)
