@@ -275,6 +275,7 @@ def _moment_linear(model, sample_loss, inputs, power, chunk_size, out) -> bool:
         return sample_loss(logits.unsqueeze(0), *(r.unsqueeze(0) for r in row))
 
     dlogits = vmap(grad(loss_one))
+    moment = torch.square if power == 2 else torch.abs
     sums = [torch.zeros_like(p) for p in params]
     handles = [m.register_forward_hook(record) for m in linears]
     try:
@@ -291,10 +292,9 @@ def _moment_linear(model, sample_loss, inputs, power, chunk_size, out) -> bool:
             for m, d in zip(live, deltas):
                 if d is None:
                     continue
-                dp = d.square() if power == 2 else d.abs()
+                dp = moment(d)
                 if id(m.weight) in slot:
-                    xp = seen[m][0].square() if power == 2 else seen[m][0].abs()
-                    sums[slot[id(m.weight)]].addmm_(dp.t(), xp)
+                    sums[slot[id(m.weight)]].addmm_(dp.t(), moment(seen[m][0]))
                 if m.bias is not None and id(m.bias) in slot:
                     sums[slot[id(m.bias)]].add_(dp.sum(0))
     finally:

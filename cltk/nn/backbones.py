@@ -86,10 +86,10 @@ def depthwise_one_pixel(conv: nn.Module, x: Tensor, top: int, left: int) -> Opti
     depthwise layer of EfficientNet-Lite0 over [16, 1152, 1, 1], as in the last stages of both backbones at 32x32."""
     if x.dim() != 4 or x.shape[2] != 1 or x.shape[3] != 1 or not hasattr(conv, "groups") or conv.bias is not None:
         return None
-    weight = conv.effective_weight() if hasattr(conv, "effective_weight") else conv.weight
-    c, (kh, kw) = x.shape[1], weight.shape[-2:]
-    if conv.groups != c or weight.shape[:2] != (c, 1) or tuple(conv.dilation) != (1, 1) or top >= kh or left >= kw:
+    c, (kh, kw) = x.shape[1], conv.weight.shape[-2:]     # the frozen weight has the effective weight's shape
+    if conv.groups != c or conv.weight.shape[:2] != (c, 1) or tuple(conv.dilation) != (1, 1) or top >= kh or left >= kw:
         return None
+    weight = conv.effective_weight() if hasattr(conv, "effective_weight") else conv.weight
     return x * weight[:, 0, top:top + 1, left:left + 1]
 
 
@@ -118,7 +118,7 @@ class MBConvLite(nn.Module):
     def _depthwise(self, h: Tensor) -> Tensor:
         # "same" padding of a 1x1 map: k - 1 rows and columns, half of them before it; one output pixel
         top = (self.dw_pad.kernel_size - 1) // 2
-        y = depthwise_one_pixel(self.dw_conv, h, top, top) if h.shape[-2:] == (1, 1) else None
+        y = depthwise_one_pixel(self.dw_conv, h, top, top)
         return self.dw_conv(self.dw_pad(h)) if y is None else y
 
     def forward(self, x: Tensor) -> Tensor:
@@ -230,7 +230,7 @@ class _ConvBNReLU6(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         # padding (k - 1) // 2 around a 1x1 map: one output pixel at any stride
         conv = self[0]
-        y = depthwise_one_pixel(conv, x, *conv.padding) if conv.groups > 1 and x.shape[-2:] == (1, 1) else None
+        y = depthwise_one_pixel(conv, x, *conv.padding)
         return self[2](self[1](conv(x) if y is None else y))
 
 

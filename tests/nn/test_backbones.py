@@ -257,7 +257,7 @@ def test_backbones_take_the_one_pixel_depthwise_at_32x32_with_the_convolutions_v
     monkeypatch.setattr(backbones, "depthwise_one_pixel", counted)
     with torch.no_grad():
         got = model(x, t)
-    assert calls == [True] * layers
+    assert calls.count(True) == layers          # the layers over 1x1 maps (the others get None)
     monkeypatch.setattr(backbones, "depthwise_one_pixel", lambda *a: None)     # every layer a convolution
     with torch.no_grad():
         want = model(x, t)
