@@ -5,17 +5,17 @@
 ``acc_vs_params.png`` (when the runs record the parameters each task adds): ACC (mean ± std over seeds) against the
 parameters added per task, one panel per scenario; the configurations of one method (``awm(resolution=8x8)``, ...)
 are joined by a line, other methods are single points (symmetric-log axis, so methods that add 0 appear at 0).
-Files are written atomically (rendered to a temporary file in the same folder, then ``os.replace``) and their
-names are reduced to safe characters.
+Files are written atomically (:func:`cltk.checkpoint.atomic_write`) and their names are reduced to safe
+characters.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
+from cltk.checkpoint import atomic_write
 from cltk.results import RunResult, aggregate, safe_name
 
 __all__ = ["plot_accuracy_matrices", "plot_summary", "plot_acc_vs_params", "plot_all"]
@@ -29,22 +29,10 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    plt = _pyplot()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     return path
 
 
@@ -157,6 +145,9 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
                             xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7, color=color)
         ax.set_xscale("symlog", linthresh=1000)
         ax.set_xlim(left=-300)
+        # 0, then the decades from the linear threshold on: symlog's own ticks put 0 and 10^2 on top of each other
+        top = max(max(r["params_per_task_mean"] for r in mine), 1000.0)
+        ax.set_xticks([0.0] + [10.0 ** e for e in range(3, math.ceil(math.log10(top)) + 1)])
         ax.set_xlabel("parameters added per task (symlog)")
         ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
         lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)

@@ -51,6 +51,28 @@ def test_crash_mid_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]   # no temporary left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_of_a_new_file(tmp_path, umask):
+    """Results, checkpoints and figures are readable as any file the user creates (0666 less the umask), not left
+    at the temporary file's 0600."""
+    from cltk.plots import plot_acc_vs_params
+    from cltk.results import RunResult
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}")
+        save_checkpoint({"step": 1}, tmp_path / checkpoint_name(0, 1))
+        run = RunResult(method="m", benchmark="b", scenario="task", seed=0, model="mlp", iters_per_task=1,
+                        batch_size=1, R=[[0.5]], b=[0.1], params_per_task=[10])
+        plot_acc_vs_params([run], str(tmp_path))
+    finally:
+        os.umask(old)
+    names = ["results.json", checkpoint_name(0, 1), "acc_vs_params.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    for name in names:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_latest_checkpoint_skips_a_truncated_file(tmp_path):
     save_checkpoint({"step": 1}, tmp_path / checkpoint_name(0, 1))
     save_checkpoint({"step": 2}, tmp_path / checkpoint_name(0, 2))
