@@ -17,20 +17,18 @@ can pass 100% of copy.
 
 The backward of every provider is seeded through the autograd engine (_grad below), as in a training step.
 
-Measured 2026-12-01 on the 2-core AMD EPYC VM (AVX2), torch 2.13 CPU, 1 thread, median of 9 runs of process CPU
-time per run; nine runs of `cltk bench --kernel bicubic` of the final code (copy bandwidth 10.1 GB/s in the last, a
-slow moment of the host), median of the nine:
-  1280x320 (4,4)   cltk_out 0.51 ms (0.38-0.66) vs ref_interp 18.8-30.7 ms: 48.4x            goal >= 25x: met
-  4096^2 (4,4)     cltk_out 22.7 ms (20.7-24.9), 85-113% of copy bw, 0.5-0.7 MiB peak extra
-                   vs ref_separable 220-258 ms (128 MiB extra): 10.4x                        goal >= 5x: met
-  4096^2 (8,8)     cltk_out 23.4 ms (18.7-24.7), 81-123%, 0.6-0.9 MiB extra: 11.0x            goal >= 5x: met
-  MobileNetV2 53   cltk_multi_out 7.13 ms (6.48-9.25) vs ref_interp_per_layer 190-250 ms:
-                   32.3x (21.6x-37.5x); five later runs 29.2x-34.5x; 31.8x median over the 14 runs
-                   of that code, 5 of them under 30x. 17 later runs with the C++ Node: median
-                   26.0x over nine at copy bandwidth 6.3-10.6 GB/s (7.44-11.61 ms vs 215-268 ms),
-                   34.6x over eight at 10.8-12.9 GB/s (6.33-7.49 ms vs 186-252 ms); 31.6x over
-                   all 31 runs, 15 under 30x (the call moves with the host's memory speed, the
-                   compute-bound baseline less)                            goal >= 30x: not met in every run
+Measured 2026-12-02 on the 2-core AMD EPYC VM (AVX2), torch 2.13 CPU, 1 thread, median of 9 runs of process CPU
+time per run; eight runs of `cltk bench --kernel bicubic` (copy bandwidth 17.7-19.0 GB/s, the host's fastest state
+seen), median of the eight:
+  1280x320 (4,4)   cltk_out 0.31 ms (0.30-0.34) vs ref_interp 17.8 ms: 57.7x                    goal >= 25x: met
+  4096^2 (4,4)     cltk_out 12.8 ms (12.1-14.0), 108-118% of copy bw, 0.5-0.9 MiB peak extra
+                   vs ref_separable 102-110 ms (128 MiB extra): 8.2x                         goal >= 5x: met
+  4096^2 (8,8)     cltk_out 13.6 ms (13.0-14.4), 99-109%: 8.0x                               goal >= 5x: met
+  MobileNetV2 53   cltk_multi_out 4.26 ms (3.98-4.42) vs ref_interp_per_layer 155-161 ms:
+                   37.5x (36.3x-39.3x). Of the 49 runs recorded on 2026-12-01 and 12-02 (this code
+                   and the version before its C++ autograd node), 16 are under 30x: 15 at copy
+                   bandwidth of at most 13 GB/s, one (29.8x) at 14.5-16.7. The call moves with the
+                   host's memory speed, the compute-bound baseline less     goal >= 30x: met on a fast host only
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
 from __future__ import annotations
