@@ -59,13 +59,18 @@ def _umask() -> int:
 
 def atomic_write(path: PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Create or replace ``path`` atomically; ``write(f)`` writes the content to the binary file object ``f``.
-    The file gets the mode ``open`` would give a new file (0666 less the umask), not the temporary file's 0600."""
+    The file keeps the permission bits of the file it replaces, and a new one gets those ``open`` would give it (0666
+    less the umask), not the temporary file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

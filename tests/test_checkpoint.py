@@ -73,6 +73,14 @@ def test_written_files_get_the_mode_of_a_new_file(tmp_path, umask):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("{}")
+    target.chmod(0o640)
+    atomic_write_text(target, '{"ok": 1}')
+    assert target.read_text() == '{"ok": 1}' and target.stat().st_mode & 0o777 == 0o640
+
+
 def test_latest_checkpoint_skips_a_truncated_file(tmp_path):
     save_checkpoint({"step": 1}, tmp_path / checkpoint_name(0, 1))
     save_checkpoint({"step": 2}, tmp_path / checkpoint_name(0, 2))
