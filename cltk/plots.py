@@ -147,7 +147,7 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
         ax.set_xlim(left=-300)
         # 0, then the decades from the linear threshold on: symlog's own ticks put 0 and 10^2 on top of each other
         top = max(max(r["params_per_task_mean"] for r in mine), 1000.0)
-        ax.set_xticks([0.0] + [10.0 ** e for e in range(3, math.ceil(math.log10(top)) + 1)])
+        ax.set_xticks([0.0] + [10.0 ** e for e in range(3, math.floor(math.log10(top)) + 1)])
         ax.set_xlabel("parameters added per task (symlog)")
         ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
         lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)
