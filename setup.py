@@ -10,8 +10,10 @@ Sources are picked up by naming convention, one folder per kernel family under c
 Environment:
   CLTK_CUDA=auto|0|1     auto (default) builds CUDA when torch has CUDA and nvcc is found;
                          1 fails unless both are there; 0 never builds CUDA.
-  CLTK_CPU_FLAGS="..."   override the CPU-capability flags (default: the best of AVX512/AVX2 the build
-                         host supports, or none).
+  CLTK_CPU_CAPABILITY=AVX512|AVX2|DEFAULT
+                         build for that CPU capability (default: the best of AVX512/AVX2 the build host
+                         supports, else DEFAULT, without vector flags).
+  CLTK_CPU_FLAGS="..."   override the CPU flags altogether (recorded as capability "custom").
   CLTK_CUDA_ARCHS="80;90" compute capabilities for the CUDA build.
 """
 from __future__ import annotations
@@ -41,10 +43,21 @@ except ImportError:  # pragma: no cover - build-time guard
     )
 
 
-def _cpu_flags() -> list[str]:
-    override = os.environ.get("CLTK_CPU_FLAGS")
-    if override is not None:
-        return override.split()
+# at::vec picks its Vectorized<T> specialisation from CPU_CAPABILITY_*; without it every loop is scalar.
+CPU_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mbmi2",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-mbmi2", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "DEFAULT": [],
+}
+
+
+def _cpu_capability() -> str:
+    chosen = os.environ.get("CLTK_CPU_CAPABILITY")
+    if chosen is not None:
+        if chosen not in CPU_CAPABILITY_FLAGS:
+            _fail(f"CLTK_CPU_CAPABILITY must be one of {', '.join(CPU_CAPABILITY_FLAGS)}; got {chosen!r}")
+        return chosen
     try:
         with open("/proc/cpuinfo") as f:
             flags = set()
@@ -54,13 +67,11 @@ def _cpu_flags() -> list[str]:
                     break
     except OSError:
         flags = set()
-    # at::vec picks its Vectorized<T> specialisation from CPU_CAPABILITY_*; without it every loop is scalar.
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
-        return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mbmi2",
-                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+        return "AVX512"
     if {"avx2", "fma", "f16c"} <= flags:
-        return ["-mavx2", "-mfma", "-mf16c", "-mbmi2", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return []
+        return "AVX2"
+    return "DEFAULT"
 
 
 def _find_cuda_home() -> str | None:
@@ -118,13 +129,14 @@ def _sources(with_cuda: bool) -> list[str]:
     return srcs
 
 
-def _write_build_info(with_cuda: bool, cpu_flags: list[str]) -> None:
+def _write_build_info(with_cuda: bool, capability: str, cpu_flags: list[str]) -> None:
     path = os.path.join(ROOT, "cltk", "_build_info.py")
     text = (
         "# Written by setup.py at build time; records what cltk._C was compiled against.\n"
         f"TORCH_VERSION = {torch.__version__!r}\n"
         f"CUDA = {with_cuda!r}\n"
         f"CUDA_VERSION = {torch.version.cuda if with_cuda else None!r}\n"
+        f"CPU_CAPABILITY = {capability!r}\n"
         f"CPU_FLAGS = {' '.join(cpu_flags)!r}\n"
     )
     tmp = path + ".tmp"
@@ -134,8 +146,12 @@ def _write_build_info(with_cuda: bool, cpu_flags: list[str]) -> None:
 
 
 with_cuda = _want_cuda()
-cpu_flags = _cpu_flags()
-_write_build_info(with_cuda, cpu_flags)
+if os.environ.get("CLTK_CPU_FLAGS") is not None:
+    cpu_capability, cpu_flags = "custom", os.environ["CLTK_CPU_FLAGS"].split()
+else:
+    cpu_capability = _cpu_capability()
+    cpu_flags = CPU_CAPABILITY_FLAGS[cpu_capability]
+_write_build_info(with_cuda, cpu_capability, cpu_flags)
 
 # torch >= 2.14 headers require C++20; older ones are built and tested with C++17.
 _torch_mm = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the C++ extension for the CPU capabilities that this machine's own build does not take, so that every
-# branch behind CPU_CAPABILITY_* compiles: AVX-512 (when the machine picks AVX2; it cannot run here) and the plain
-# DEFAULT build, without vector flags, which runs on any x86-64 CPU and so also runs the op and optimizer tests here.
+# Build the C++ extension for the CPU capabilities (setup.py's CLTK_CPU_CAPABILITY) that this machine's own build
+# does not take, so that every branch behind CPU_CAPABILITY_* compiles: AVX-512 (when the machine picks AVX2; it
+# cannot run here) and the DEFAULT build, without vector flags, which runs on any x86-64 CPU and so also runs the op
+# and optimizer tests here.
 # Each build happens in a copy of the working tree under a temporary folder; the checkout's own build is untouched.
 #
 #   PYTHON=.venv/bin/python bash tools/check_cpu_variants.sh
@@ -12,14 +13,9 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"   # absolute, without res
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-declare -A FLAGS=(
-  [AVX512]="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c -mbmi2 -DCPU_CAPABILITY=AVX512 -DCPU_CAPABILITY_AVX512"
-  [AVX2]="-mavx2 -mfma -mf16c -mbmi2 -DCPU_CAPABILITY=AVX2 -DCPU_CAPABILITY_AVX2"
-  [DEFAULT]=""
-)
-native=$("$PY" -c "import cltk._build_info as b; print(b.CPU_FLAGS)")
+native=$("$PY" -c "import cltk._build_info as b; print(b.CPU_CAPABILITY)")
 for cap in AVX512 AVX2 DEFAULT; do
-  if [ "$native" = "${FLAGS[$cap]}" ]; then
+  if [ "$native" = "$cap" ]; then
     echo "check_cpu_variants: $cap is this checkout's own build, skipped"
     continue
   fi
@@ -28,7 +24,7 @@ for cap in AVX512 AVX2 DEFAULT; do
   tar -c --exclude='*.so' --exclude=__pycache__ --exclude=_build_info.py csrc cltk tests setup.py pyproject.toml \
     README.md | tar -x -C "$dir"
   t0=$(date +%s)
-  if ! (cd "$dir" && CLTK_CPU_FLAGS="${FLAGS[$cap]}" CLTK_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
+  if ! (cd "$dir" && CLTK_CPU_CAPABILITY=$cap CLTK_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
         "$PY" setup.py -q build_ext --inplace > build.log 2>&1); then
     grep -E "error" "$dir/build.log" | grep -v "^ *File " | head -20 || true
     tail -5 "$dir/build.log"
