@@ -174,6 +174,31 @@ def parse_method_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     return label, name, overrides
 
 
+def method_configs(specs: dict[str, tuple[str, dict]], config: dict, method_config: dict[str, dict],
+                   set_items: Sequence[str]) -> dict[str, Any]:
+    """Each selected method's config, by label (``specs``: label -> (registered name, spec overrides), as from
+    :func:`parse_method_spec`): the fields it has of ``config``, then ``method_config[name]`` (a preset's settings
+    for that method, whatever its spec), then ``--set`` items (parsed with the field's type), then the spec's own
+    fields, each over the one before. Raises ValueError naming the field for a bad value, and CLIError for a
+    ``--set`` field no selected method has."""
+    from cltk.methods import method_class
+
+    pairs = _split_overrides(set_items)
+    configs = {}
+    for label, (name, overrides) in specs.items():
+        cls = method_class(name)
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        base = {k: v for k, v in config.items() if k in names}
+        base.update(method_config.get(name, {}))
+        base.update(parse_overrides([item for key, item in pairs if key in names], cls.Config))
+        base.update(overrides)
+        configs[label] = cls.Config(**base)              # validate() raises ValueError naming the field
+    for key, item in pairs:
+        if not any(key in {f.name for f in dataclasses.fields(method_class(n).Config)} for n, _ in specs.values()):
+            raise CLIError(f"--set {item}: no selected method has a config field {key!r}")
+    return configs
+
+
 def _split_overrides(items: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for item in items:
@@ -326,8 +351,10 @@ def format_table(rows: list[dict]) -> str:
 
 def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list[str], seeds: list[int],
                 benchmark: str, iters: int, model: str, batch_size: int, stream_kwargs: dict, config: dict,
-                out: Optional[str], meta: dict) -> int:
-    """Validate everything, then run every (scenario, seed, method), writing results after each run."""
+                out: Optional[str], meta: dict, method_config: Optional[dict] = None) -> int:
+    """Validate everything, then run every (scenario, seed, method), writing results after each run.
+
+    ``config`` and ``method_config``: a preset's overrides (see :func:`method_configs`)."""
     import torch
 
     from cltk import distributed as dist
@@ -365,18 +392,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
             skip.add((m, sc))
             print(f"note: {m} does not support {sc}-IL (supported: {', '.join(cls.scenarios)}); left out there",
                   flush=True)
-    pairs = _split_overrides(args.set or [])
-    configs = {}
-    for m, cls in classes.items():
-        names = {f.name for f in dataclasses.fields(cls.Config)}
-        base = {k: v for k, v in config.items() if k in names}
-        mine = [item for key, item in pairs if key in names]
-        base.update(parse_overrides(mine, cls.Config))
-        base.update(specs[m][1])                         # the spec's own fields win over --set and the preset
-        configs[m] = cls.Config(**base)                  # validate() raises ValueError naming the field
-    for key, item in pairs:
-        if not any(key in {f.name for f in dataclasses.fields(c.Config)} for c in classes.values()):
-            raise CLIError(f"--set {item}: no selected method has a config field {key!r}")
+    configs = method_configs(specs, config, method_config or {}, args.set or [])
     if args.checkpoint_every < 0:
         raise CLIError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.keep_checkpoints < 1:
@@ -398,6 +414,12 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         raise CLIError(f"--batch-size {batch_size} must be divisible by the number of processes {dist.world_size()}")
     # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
     first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
+    eval_split = getattr(args, "eval_split", "test")
+    for sc, stream in first.items():
+        empty = [t.name for t in stream.tasks if int(getattr(t, eval_split).y.shape[0]) == 0]
+        if empty:
+            raise CLIError(f"--eval-split {eval_split}: {benchmark} ({sc}-IL) has tasks with an empty {eval_split} "
+                           f"split ({', '.join(empty)}); give them one, e.g. --stream val_fraction=0.1")
     model_kwargs = _parse_model_kwargs(getattr(args, "model_arg", None) or [])
     if model_kwargs:
         try:
@@ -422,13 +444,13 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         except OSError as e:
             raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
-                stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
+                eval_split=eval_split, stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
                 cltk=_source_version(), processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     grid = [_Job(m, classes[m], configs[m], sc, seed, benchmark, stream_kwargs, model, model_kwargs, iters,
                  batch_size, str(device), not args.no_readout, not args.no_progress and jobs == 1,
                  os.path.join(out, "checkpoints", safe_name(f"{m}-{sc}-seed{seed}")) if checkpointing else None,
-                 args.checkpoint_every, args.resume, args.keep_checkpoints)
+                 args.checkpoint_every, args.resume, args.keep_checkpoints, eval_split)
             for sc in scenarios for seed in seeds for m in methods if (m, sc) not in skip]
     results: dict[int, Any] = {}
 
@@ -452,6 +474,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     else:
         _run_parallel(grid, jobs, threads, finished)
     say()
+    if eval_split != "test":
+        say(f"accuracies on the {eval_split} split of every task")
     say(format_table(aggregate(runs)))
     say(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
     if out and main:
@@ -509,6 +533,7 @@ class _Job:
     checkpoint_every: int
     resume: bool
     keep_checkpoints: int
+    eval_split: str = "test"
 
 
 def _run_job(job: _Job, stream: Any = None) -> Any:
@@ -522,7 +547,8 @@ def _run_job(job: _Job, stream: Any = None) -> Any:
     net = build_model(job.model, stream, seed=job.seed, **job.model_kwargs)
     r = run(method, net, stream, iters_per_task=job.iters, batch_size=job.batch_size, seed=job.seed,
             device=job.device, readout=job.readout, progress=job.progress, checkpoint_dir=job.checkpoint_dir,
-            checkpoint_every=job.checkpoint_every, resume=job.resume, keep_checkpoints=job.keep_checkpoints)
+            checkpoint_every=job.checkpoint_every, resume=job.resume, keep_checkpoints=job.keep_checkpoints,
+            eval_split=job.eval_split)
     r.model = job.model
     r.method = job.method
     r.params_per_task = [_added_parameters(method, i) for i in range(len(stream.tasks))]
@@ -596,7 +622,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         benchmark=args.benchmark or p.benchmark,
         iters=args.iters if args.iters is not None else p.iters, model=args.model or p.model,
         batch_size=args.batch_size if args.batch_size is not None else p.batch_size, stream_kwargs=stream_kwargs,
-        config=dict(p.config), out=out,
+        config=dict(p.config), method_config=p.method_config, out=out,
         meta={"command": "compare", "preset": args.preset or "default"})
 
 
@@ -635,6 +661,9 @@ def _common_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     p.add_argument("--no-readout", dest="no_readout", action="store_true", help="skip the linear-readout probe")
+    p.add_argument("--eval-split", dest="eval_split", default="test", choices=["test", "val"],
+                   help="measure every accuracy on the tasks' test split (default) or on their validation split, "
+                        "to choose hyperparameters without looking at the test data")
     p.add_argument("--no-progress", dest="no_progress", action="store_true", help="no progress bar")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, default=0, metavar="N",
                    help="checkpoint every N steps within a task (and after every task) under OUT/checkpoints/")

@@ -11,7 +11,7 @@ Hook order (the contract of :mod:`cltk.methods.base`)::
             loss = method.loss(model, batch); opt.zero_grad(); loss.backward()
             method.after_backward(model); opt.step(); method.after_step(model)
         method.after_task(task)
-        evaluate every task's test split with method.eval_logits,
+        evaluate every task's test split (or val, with eval_split="val") with method.eval_logits,
             masked by method.masked_logits(logits, t, upto=task.index)   -> row R[task.index]
         linear readout of every task seen so far on the frozen features   -> row readout[task.index]
 
@@ -131,11 +131,13 @@ class _TaskMeter:
 
 @torch.no_grad()
 def evaluate_task(method: Method, model: nn.Module, task: Task, upto: int, device: torch.device,
-                  batch_size: int = 1000) -> float:
-    """Test accuracy on ``task`` with ``method.eval_logits`` masked by ``method.masked_logits(.., upto=upto)``."""
+                  batch_size: int = 1000, split: str = "test") -> float:
+    """Accuracy on ``task``'s ``split`` ("test" or "val") with ``method.eval_logits`` masked by
+    ``method.masked_logits(.., upto=upto)``."""
+    _check_split("evaluate_task: split", split)
     was_training = model.training
     model.eval()
-    x, y = task.test.x, task.test.y
+    x, y = getattr(task, split).x, getattr(task, split).y
     correct = 0
     for i in range(0, y.shape[0], batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
@@ -170,16 +172,26 @@ def task_features(model: nn.Module, x: Tensor, task_index: int, device: torch.de
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def _readout_row(model: nn.Module, stream: Stream, upto: int, device: torch.device, batch_size: int) -> list[float]:
+def _readout_row(model: nn.Module, stream: Stream, upto: int, device: torch.device, batch_size: int,
+                 split: str = "test") -> list[float]:
     row = []
     for j, task in enumerate(stream.tasks):
         if j > upto:
             row.append(float("nan"))
             continue
+        held_out = getattr(task, split)
         ftr = task_features(model, task.train.x, j, device, batch_size)
-        fte = task_features(model, task.test.x, j, device, batch_size)
-        row.append(metrics.readout_accuracy(ftr, task.train.y, fte, task.test.y))
+        fte = task_features(model, held_out.x, j, device, batch_size)
+        row.append(metrics.readout_accuracy(ftr, task.train.y, fte, held_out.y))
     return row
+
+
+EVAL_SPLITS = ("test", "val")
+
+
+def _check_split(name: str, split: str) -> None:
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, EVAL_SPLITS))}, got {split!r}")
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -217,12 +229,15 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def _fingerprint(method: Method, model_name: str, stream: Stream, iters_per_task: int, batch_size: int,
-                 seed: int) -> str:
-    """What must match for a checkpoint to continue this run (method, config, stream, schedule, seed)."""
+                 seed: int, eval_split: str = "test") -> str:
+    """What must match for a checkpoint to continue this run (method, config, stream, schedule, seed, and the split
+    its accuracies are measured on)."""
     import json
     doc = {"method": method.name, "config": vars(method.config), "model": model_name, "stream": stream.name,
            "scenario": stream.scenario, "tasks": [t.name for t in stream.tasks], "iters_per_task": iters_per_task,
            "batch_size": batch_size, "seed": seed}
+    if eval_split != "test":       # checkpoints written before eval_split existed keep their fingerprint
+        doc["eval_split"] = eval_split
     return json.dumps(doc, sort_keys=True, default=repr)
 
 
@@ -302,7 +317,8 @@ def _flushing_denormals(fn):
 def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream, *, iters_per_task: int = 2000,
         batch_size: int = 128, eval_batch_size: int = 1000, seed: int = 0, device: Union[str, torch.device] = "cpu",
         readout: bool = True, progress: bool = True, checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
-        checkpoint_every: int = 0, resume: bool = False, keep_checkpoints: int = 2) -> RunResult:
+        checkpoint_every: int = 0, resume: bool = False, keep_checkpoints: int = 2,
+        eval_split: str = "test") -> RunResult:
     """Train ``model`` on every task of ``stream`` through ``method``'s hooks, evaluating every task after every task.
 
     Args:
@@ -325,6 +341,9 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
             The result is identical to an uninterrupted run (timings aside). A checkpoint of another run (other
             method, config, stream, schedule or seed) is refused with ``ValueError``.
         keep_checkpoints: how many of the newest checkpoints to keep (older ones are deleted after each write).
+        eval_split: the split that ``R``, ``b`` and the readout are measured on: "test" (default), or "val", the
+            validation split held out of each task's training data, for choosing hyperparameters without looking
+            at the test data. A stream whose tasks have empty validation splits is refused.
 
     Returns:
         A :class:`~cltk.results.RunResult` with the accuracy matrix ``R``, the random-init accuracies ``b``, the
@@ -343,10 +362,16 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
     _check_int("seed", seed, 0)
     _check_int("checkpoint_every", checkpoint_every, 0)
     _check_int("keep_checkpoints", keep_checkpoints, 1)
+    _check_split("run: eval_split", eval_split)
     if resume and checkpoint_dir is None:
         raise ValueError("run: resume=True needs a checkpoint_dir")
     if len(stream.tasks) == 0:
         raise ValueError(f"run: stream {stream.name!r} has no tasks")
+    empty = [t.name for t in stream.tasks if int(getattr(t, eval_split).y.shape[0]) == 0]
+    if empty:
+        raise ValueError(f"run: eval_split={eval_split!r} but these tasks of stream {stream.name!r} have an empty "
+                         f"{eval_split} split: {', '.join(empty)}" + (" (build the stream with val_fraction > 0)"
+                                                                     if eval_split == "val" else ""))
     device = torch.device(device)
     if isinstance(method, str):
         method = get_method(method)
@@ -356,7 +381,7 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
         model = build_model(model, stream, seed=seed)
     main = dist.is_main()
     ckpt = _Checkpointer(checkpoint_dir, keep_checkpoints) if checkpoint_dir is not None else None
-    fingerprint = _fingerprint(method, model_name, stream, iters_per_task, batch_size, seed)
+    fingerprint = _fingerprint(method, model_name, stream, iters_per_task, batch_size, seed, eval_split)
 
     torch.manual_seed(seed)
     state = RunState(generator=torch.Generator().manual_seed(seed).get_state())
@@ -402,7 +427,7 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
         del ck
     else:
         state.b = evaluate(lambda: [evaluate_task(method, model, task, max(task.index - 1, 0), device,
-                                                  eval_batch_size) for task in stream.tasks])
+                                                  eval_batch_size, eval_split) for task in stream.tasks])
 
     def save() -> None:
         if ckpt is None or not main:
@@ -453,11 +478,11 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
                     save()
             state.generator = g.get_state()
             method.after_task(task)
-            state.R.append(evaluate(lambda: [evaluate_task(method, model, other, task.index, device, eval_batch_size)
-                                             for other in stream.tasks]))
+            state.R.append(evaluate(lambda: [evaluate_task(method, model, other, task.index, device, eval_batch_size,
+                                                           eval_split) for other in stream.tasks]))
             if do_readout:
                 state.readout.append(evaluate(lambda: _readout_row(model, stream, task.index, device,
-                                                                   eval_batch_size)))
+                                                                   eval_batch_size, eval_split)))
             seconds, rss_mb, cuda_mb = meter.stop()
             state.task_time_s.append(state.task_elapsed_s + seconds)
             state.task_peak_rss_mb.append(rss_mb)
@@ -474,4 +499,4 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
                      model=model_name, iters_per_task=iters_per_task, batch_size=batch_size, R=state.R, b=state.b,
                      readout=state.readout, task_time_s=state.task_time_s, task_peak_rss_mb=state.task_peak_rss_mb,
                      task_peak_cuda_mb=state.task_peak_cuda_mb, config=config,
-                     task_names=[t.name for t in stream.tasks])
+                     task_names=[t.name for t in stream.tasks], eval_split=eval_split)

@@ -45,6 +45,9 @@ class Preset:
     batch_size: int = 128
     stream_kwargs: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)   # method config overrides, e.g. {"lr": 1e-3}
+    # per-method overrides by registered name, for every spec of that method: {"separate": {"lr": 1e-4}}; over
+    # ``config``, under --set and the spec's own fields (cltk.cli.method_configs)
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {

@@ -24,8 +24,8 @@ __all__ = ["RunResult", "atomic_write", "safe_name", "write_json", "write_csv", 
            "read_folders", "write_folder", "aggregate", "CSV_COLUMNS", "METRICS"]
 
 METRICS = ("acc", "bwt", "fwt", "forgetting", "readout", "time_s", "time_per_task_s", "params_per_task")
-CSV_COLUMNS = ("method", "benchmark", "scenario", "seed", "model", "iters_per_task", "batch_size", "acc", "bwt",
-               "fwt", "forgetting", "readout", "time_s", "peak_rss_mb", "peak_cuda_mb", "time_per_task_s",
+CSV_COLUMNS = ("method", "benchmark", "scenario", "seed", "model", "iters_per_task", "batch_size", "eval_split", "acc",
+               "bwt", "fwt", "forgetting", "readout", "time_s", "peak_rss_mb", "peak_cuda_mb", "time_per_task_s",
                "params_per_task")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
@@ -41,6 +41,9 @@ class RunResult:
     """One run of one method on one stream with one seed.
 
     ``R[i][j]``: test accuracy on task j after training task i (every task is evaluated after every task).
+    ``eval_split``: the split ``R``, ``b`` and ``readout`` were measured on, "test" or "val" (the validation split
+    held out of each task's training data, for choosing hyperparameters); "test" in results written before it was
+    recorded.
     ``b[j]``: test accuracy of the randomly initialised model on task j (mask as for ``R[j-1][j]``).
     ``readout[i][j]``: linear-readout test accuracy on task j from the features after training task i, for j <= i
     (NaN for j > i); empty when the model has no ``features``.
@@ -66,6 +69,7 @@ class RunResult:
     config: dict = field(default_factory=dict)
     task_names: list[str] = field(default_factory=list)
     params_per_task: list = field(default_factory=list)
+    eval_split: str = "test"
 
     def summary(self) -> dict[str, float]:
         """ACC, BWT, FWT, forgetting (see :mod:`cltk.metrics`), readout (mean over tasks of the readout accuracy
@@ -97,7 +101,7 @@ class RunResult:
         s = self.summary()
         return {"method": self.method, "benchmark": self.benchmark, "scenario": self.scenario, "seed": self.seed,
                 "model": self.model, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
-                **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
+                "eval_split": self.eval_split, **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
                 "peak_rss_mb": max(self.task_peak_rss_mb, default=0.0),
                 "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0),
                 "time_per_task_s": s["time_per_task_s"], "params_per_task": s.get("params_per_task", math.nan)}
@@ -138,6 +142,10 @@ def aggregate(runs: Iterable[RunResult]) -> list[dict]:
         members.setdefault((r.method, r.benchmark, r.scenario), []).append(r)
     rows = []
     for (m, bench, sc), sums in groups.items():
+        splits = sorted({r.eval_split for r in members[(m, bench, sc)]})
+        if len(splits) > 1:
+            raise ValueError(f"aggregate: the runs of {m} on {bench} ({sc}-IL) were measured on different splits "
+                             f"({', '.join(splits)}); aggregate each split's runs separately")
         row: dict[str, Any] = {"method": m, "benchmark": bench, "scenario": sc, "n_seeds": len(sums)}
         for k in METRICS:
             vals = np.array([s.get(k, math.nan) for s in sums], dtype=np.float64)

@@ -92,6 +92,14 @@ BAD = {
     "spec: the same twice": (["compare", "--methods", "finetune:lr=0.1,finetune:lr=1e-1"], "selected twice"),
     "run with a bad spec": (RUN + ["--method", "ewc:lamda=x"], "method spec 'ewc:lamda=x'"),
     "zero --jobs": (["compare", "--methods", "finetune", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    "--eval-split unknown": (RUN + ["--method", "finetune", "--eval-split", "train"],
+                             "argument --eval-split: invalid choice: 'train'"),
+    "--eval-split val without a val split": (RUN + ["--method", "finetune", "--eval-split", "val", "--stream",
+                                                    "val_fraction=0"],
+                                             "--eval-split val: split-mnist5k (task-IL) has tasks with an empty val "
+                                             "split"),
+    "--eval-split on bbc-cpt": (["compare", "--benchmark", "bbc-cpt", "--eval-split", "val"],
+                               "--eval-split is not supported"),
     "--jobs with --nproc": (["compare", "--methods", "finetune", "--iters", "1", "--jobs", "2", "--nproc", "2"],
                             "cannot be combined with --nproc"),
 }

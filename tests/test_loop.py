@@ -194,3 +194,36 @@ def test_run_flushes_denormals_while_training_and_restores_the_setting(before):
         assert flushed() is before
     finally:
         torch.set_flush_denormal(False)
+
+
+def _swap_test_and_val(stream):
+    import dataclasses
+    return dataclasses.replace(stream, tasks=[dataclasses.replace(t, test=t.val, val=t.test) for t in stream.tasks])
+
+
+def test_eval_split_val_measures_every_accuracy_on_the_validation_split():
+    s = tiny_stream("task")
+    swapped = _swap_test_and_val(s)      # same training data; its "val" is s's test split and the other way round
+    kw = dict(iters_per_task=15, progress=False)
+    on_test = run("finetune", tiny_model(s), s, **kw)
+    on_val = run("finetune", tiny_model(s), s, eval_split="val", **kw)
+    assert on_test.eval_split == "test" and on_val.eval_split == "val"
+    assert (on_val.R, on_val.b, on_val.readout) != (on_test.R, on_test.b, on_test.readout)
+    for ref, got in ((on_test, run("finetune", tiny_model(s), swapped, eval_split="val", **kw)),
+                     (on_val, run("finetune", tiny_model(s), swapped, **kw))):
+        assert got.R == ref.R and got.b == ref.b
+        np.testing.assert_array_equal(np.array(got.readout), np.array(ref.readout))
+    n_val = int(s.tasks[0].val.y.shape[0])
+    assert all(round(a * n_val) == pytest.approx(a * n_val) for a in on_val.R[-1])   # fractions of the val count
+
+
+def test_eval_split_bad_input():
+    s = tiny_stream("task")
+    with pytest.raises(ValueError, match="eval_split must be one of 'test', 'val', got 'train'"):
+        run("finetune", tiny_model(s), s, iters_per_task=1, progress=False, eval_split="train")
+    no_val = make_stream("split-mnist5k", "task", 0, n_tasks=2, classes_per_task=2, train_per_task=200,
+                         test_per_task=100, image_size=14, val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"eval_split='val'.*empty val split: .*val_fraction > 0"):
+        run("finetune", tiny_model(no_val), no_val, iters_per_task=1, progress=False, eval_split="val")
+    with pytest.raises(ValueError, match="evaluate_task: split must be one of"):
+        evaluate_task(get_method("finetune"), tiny_model(s), s.tasks[0], 0, torch.device("cpu"), split="train")

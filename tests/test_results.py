@@ -137,3 +137,16 @@ def test_accuracy_vs_parameters_figure_only_with_recorded_parameters(tmp_path):
     paths = plot_all(runs, str(tmp_path))
     assert paths[-1] == str(tmp_path / "acc_vs_params.png")
     assert open(paths[-1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_split_is_recorded_and_never_aggregated_across_splits(tmp_path):
+    import dataclasses
+    val = dataclasses.replace(_run(seed=1), eval_split="val")
+    rows = list(csv.DictReader(open(write_csv(str(tmp_path / "results.csv"), [_run(seed=0), val]))))
+    assert [r["eval_split"] for r in rows] == ["test", "val"]
+    assert RunResult.from_dict(val.to_dict()).eval_split == "val"
+    old = _run().to_dict()
+    del old["eval_split"]                       # results written before the split was recorded
+    assert RunResult.from_dict(old).eval_split == "test"
+    with pytest.raises(ValueError, match=r"finetune on split-mnist5k \(class-IL\).*different splits \(test, val\)"):
+        aggregate([_run(seed=0), val])

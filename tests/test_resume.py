@@ -339,3 +339,9 @@ def test_cli_checkpoint_options_need_out(tmp_path):
                         "--iters", "1", "--checkpoint-every", "2"], env=env(), cwd=str(tmp_path),
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "need --out" in p.stderr
+
+
+def test_a_checkpoint_measured_on_another_split_is_refused(tmp_path):
+    run("finetune", "mlp", tiny_stream("class"), checkpoint_dir=tmp_path, checkpoint_every=5, **KW)
+    with pytest.raises(ValueError, match="another run"):
+        run("finetune", "mlp", tiny_stream("class"), checkpoint_dir=tmp_path, resume=True, eval_split="val", **KW)

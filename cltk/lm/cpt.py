@@ -352,6 +352,8 @@ def compare_cli(args: Any, preset: Any) -> int:
     from cltk.results import safe_name
     if getattr(args, "nproc", 1) != 1 or getattr(args, "resume", False) or getattr(args, "device", "cpu") != "cpu":
         raise CLIError("bbc-cpt runs in one CPU process: --nproc, --resume and --device are not supported")
+    if getattr(args, "eval_split", "test") != "test":
+        raise CLIError("bbc-cpt measures held-out perplexity on its own split: --eval-split is not supported")
     if args.threads:
         torch.set_num_threads(args.threads)
     own = preset.benchmark == "bbc-cpt"
