@@ -416,10 +416,10 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
     eval_split = getattr(args, "eval_split", "test")
     for sc, stream in first.items():
-        empty = [t.name for t in stream.tasks if int(getattr(t, eval_split).y.shape[0]) == 0]
+        empty = [t.name for t in stream.tasks if int(t.val.y.shape[0]) == 0] if eval_split == "val" else []
         if empty:
-            raise CLIError(f"--eval-split {eval_split}: {benchmark} ({sc}-IL) has tasks with an empty {eval_split} "
-                           f"split ({', '.join(empty)}); give them one, e.g. --stream val_fraction=0.1")
+            raise CLIError(f"--eval-split val: {benchmark} ({sc}-IL) has tasks with an empty val split "
+                           f"({', '.join(empty)}); give them one, e.g. --stream val_fraction=0.1")
     model_kwargs = _parse_model_kwargs(getattr(args, "model_arg", None) or [])
     if model_kwargs:
         try:
@@ -444,8 +444,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
         except OSError as e:
             raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
-                eval_split=eval_split, stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device), torch=torch.__version__,
-                cltk=_source_version(), processes=dist.world_size(),
+                eval_split=eval_split, stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device),
+                torch=torch.__version__, cltk=_source_version(), processes=dist.world_size(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     grid = [_Job(m, classes[m], configs[m], sc, seed, benchmark, stream_kwargs, model, model_kwargs, iters,
                  batch_size, str(device), not args.no_readout, not args.no_progress and jobs == 1,

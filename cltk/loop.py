@@ -343,7 +343,7 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
         keep_checkpoints: how many of the newest checkpoints to keep (older ones are deleted after each write).
         eval_split: the split that ``R``, ``b`` and the readout are measured on: "test" (default), or "val", the
             validation split held out of each task's training data, for choosing hyperparameters without looking
-            at the test data. A stream whose tasks have empty validation splits is refused.
+            at the test data. A stream with a task whose validation split is empty is then refused.
 
     Returns:
         A :class:`~cltk.results.RunResult` with the accuracy matrix ``R``, the random-init accuracies ``b``, the
@@ -367,11 +367,10 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
         raise ValueError("run: resume=True needs a checkpoint_dir")
     if len(stream.tasks) == 0:
         raise ValueError(f"run: stream {stream.name!r} has no tasks")
-    empty = [t.name for t in stream.tasks if int(getattr(t, eval_split).y.shape[0]) == 0]
+    empty = [t.name for t in stream.tasks if int(t.val.y.shape[0]) == 0] if eval_split == "val" else []
     if empty:
-        raise ValueError(f"run: eval_split={eval_split!r} but these tasks of stream {stream.name!r} have an empty "
-                         f"{eval_split} split: {', '.join(empty)}" + (" (build the stream with val_fraction > 0)"
-                                                                     if eval_split == "val" else ""))
+        raise ValueError(f"run: eval_split='val' but these tasks of stream {stream.name!r} have an empty val split: "
+                         f"{', '.join(empty)} (build the stream with val_fraction > 0)")
     device = torch.device(device)
     if isinstance(method, str):
         method = get_method(method)

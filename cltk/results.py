@@ -101,7 +101,8 @@ class RunResult:
         s = self.summary()
         return {"method": self.method, "benchmark": self.benchmark, "scenario": self.scenario, "seed": self.seed,
                 "model": self.model, "iters_per_task": self.iters_per_task, "batch_size": self.batch_size,
-                "eval_split": self.eval_split, **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
+                "eval_split": self.eval_split,
+                **{k: s[k] for k in ("acc", "bwt", "fwt", "forgetting", "readout", "time_s")},
                 "peak_rss_mb": max(self.task_peak_rss_mb, default=0.0),
                 "peak_cuda_mb": max(self.task_peak_cuda_mb, default=0.0),
                 "time_per_task_s": s["time_per_task_s"], "params_per_task": s.get("params_per_task", math.nan)}
