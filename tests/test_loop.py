@@ -208,7 +208,7 @@ def test_eval_split_val_measures_every_accuracy_on_the_validation_split():
     on_test = run("finetune", tiny_model(s), s, **kw)
     on_val = run("finetune", tiny_model(s), s, eval_split="val", **kw)
     assert on_test.eval_split == "test" and on_val.eval_split == "val"
-    assert (on_val.R, on_val.b, on_val.readout) != (on_test.R, on_test.b, on_test.readout)
+    assert on_val.R != on_test.R and on_val.b != on_test.b
     for ref, got in ((on_test, run("finetune", tiny_model(s), swapped, eval_split="val", **kw)),
                      (on_val, run("finetune", tiny_model(s), swapped, **kw))):
         assert got.R == ref.R and got.b == ref.b
