@@ -358,6 +358,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     import torch
 
     from cltk import distributed as dist
+    from cltk.loop import check_eval_split
     from cltk.methods import method_class
     from cltk.models import MODELS, build_model
     from cltk.results import aggregate, safe_name, write_folder
@@ -415,11 +416,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     # data set and stream errors (e.g. domain-IL over tasks of unequal size) before any run
     first = {sc: make_stream(benchmark, sc, seeds[0], **stream_kwargs) for sc in scenarios}
     eval_split = getattr(args, "eval_split", "test")
-    for sc, stream in first.items():
-        empty = [t.name for t in stream.tasks if int(t.val.y.shape[0]) == 0] if eval_split == "val" else []
-        if empty:
-            raise CLIError(f"--eval-split val: {benchmark} ({sc}-IL) has tasks with an empty val split "
-                           f"({', '.join(empty)}); give them one, e.g. --stream val_fraction=0.1")
+    for stream in first.values():
+        check_eval_split(stream, eval_split, who="--eval-split")
     model_kwargs = _parse_model_kwargs(getattr(args, "model_arg", None) or [])
     if model_kwargs:
         try:

@@ -50,7 +50,7 @@ from cltk.methods.base import Batch, Method, get_method
 from cltk.results import RunResult
 from cltk.streams.base import Stream, Task
 
-__all__ = ["run", "RunState", "evaluate_task", "task_features", "flush_denormals"]
+__all__ = ["run", "RunState", "evaluate_task", "task_features", "flush_denormals", "check_eval_split"]
 
 
 @dataclass
@@ -192,6 +192,16 @@ EVAL_SPLITS = ("test", "val")
 def _check_split(name: str, split: str) -> None:
     if split not in EVAL_SPLITS:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, EVAL_SPLITS))}, got {split!r}")
+
+
+def check_eval_split(stream: Stream, eval_split: str, who: str = "run") -> None:
+    """ValueError (prefixed ``who``) unless ``eval_split`` is one of :data:`EVAL_SPLITS` and, for "val", every task
+    of ``stream`` has a non-empty validation split."""
+    _check_split(f"{who}: eval_split", eval_split)
+    empty = [t.name for t in stream.tasks if int(t.val.y.shape[0]) == 0] if eval_split == "val" else []
+    if empty:
+        raise ValueError(f"{who}: eval_split='val' but {stream.name} ({stream.scenario}-IL) has tasks with an empty "
+                         f"val split: {', '.join(empty)} (build the stream with val_fraction > 0)")
 
 
 # ----------------------------------------------------------------------------------------------------- checkpoints
@@ -362,15 +372,11 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
     _check_int("seed", seed, 0)
     _check_int("checkpoint_every", checkpoint_every, 0)
     _check_int("keep_checkpoints", keep_checkpoints, 1)
-    _check_split("run: eval_split", eval_split)
     if resume and checkpoint_dir is None:
         raise ValueError("run: resume=True needs a checkpoint_dir")
     if len(stream.tasks) == 0:
         raise ValueError(f"run: stream {stream.name!r} has no tasks")
-    empty = [t.name for t in stream.tasks if int(t.val.y.shape[0]) == 0] if eval_split == "val" else []
-    if empty:
-        raise ValueError(f"run: eval_split='val' but these tasks of stream {stream.name!r} have an empty val split: "
-                         f"{', '.join(empty)} (build the stream with val_fraction > 0)")
+    check_eval_split(stream, eval_split)
     device = torch.device(device)
     if isinstance(method, str):
         method = get_method(method)

@@ -41,9 +41,6 @@ class RunResult:
     """One run of one method on one stream with one seed.
 
     ``R[i][j]``: test accuracy on task j after training task i (every task is evaluated after every task).
-    ``eval_split``: the split ``R``, ``b`` and ``readout`` were measured on, "test" or "val" (the validation split
-    held out of each task's training data, for choosing hyperparameters); "test" in results written before it was
-    recorded.
     ``b[j]``: test accuracy of the randomly initialised model on task j (mask as for ``R[j-1][j]``).
     ``readout[i][j]``: linear-readout test accuracy on task j from the features after training task i, for j <= i
     (NaN for j > i); empty when the model has no ``features``.
@@ -51,6 +48,9 @@ class RunResult:
     ``task_peak_cuda_mb[i]`` (``torch.cuda.max_memory_allocated`` during task i; 0 on CPU).
     ``params_per_task[i]``: the trainable parameters task i adds to the model (``Method.added_parameters``; None
     where the method does not say; empty in results written before it was recorded).
+    ``eval_split``: the split ``R``, ``b`` and ``readout`` were measured on, "test" or "val" (the validation split
+    held out of each task's training data, for choosing hyperparameters); "test" in results written before it was
+    recorded.
     """
 
     method: str

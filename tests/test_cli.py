@@ -96,8 +96,8 @@ BAD = {
                              "argument --eval-split: invalid choice: 'train'"),
     "--eval-split val without a val split": (RUN + ["--method", "finetune", "--eval-split", "val", "--stream",
                                                     "val_fraction=0"],
-                                             "--eval-split val: split-mnist5k (task-IL) has tasks with an empty val "
-                                             "split"),
+                                             "--eval-split: eval_split='val' but split-mnist5k (task-IL) has tasks "
+                                             "with an empty val split"),
     "--eval-split on bbc-cpt": (["compare", "--benchmark", "bbc-cpt", "--eval-split", "val"],
                                "--eval-split is not supported"),
     "--jobs with --nproc": (["compare", "--methods", "finetune", "--iters", "1", "--jobs", "2", "--nproc", "2"],
