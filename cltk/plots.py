@@ -116,33 +116,59 @@ def _member_labels(labels: list[str], runs: Sequence[RunResult]) -> dict[str, st
     return {lab: ",".join(f"{k}={_short(c.get(k))}" for k in keys) for lab, c in configs.items()}
 
 
+def _families(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped by method family (``awm``, ``awm(resolution=8x8)``, ... together), each sorted by parameters."""
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        families.setdefault(_base_name(r["method"]), []).append(r)
+    return {f: sorted(m, key=lambda r: r["params_per_task_mean"]) for f, m in families.items()}
+
+
+def _draw_families(ax, families: dict[str, list[dict]], runs: Sequence[RunResult], colors: dict[str, str],
+                   zoom: bool) -> None:
+    for fam, members in families.items():
+        xs = [r["params_per_task_mean"] for r in members]
+        ys = [r["acc_mean"] for r in members]
+        es = [r["acc_std"] for r in members]
+        color = colors[fam]
+        ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
+                    markersize=5, label=fam)
+        labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
+        for i, r in enumerate(members):
+            text = labels.get(r["method"], r["method"])
+            if zoom:   # one member per label, with its figures, to the right of its point
+                text = f"{text}: {r['acc_mean']:.3f}, {r['params_per_task_mean']:,.0f}"
+                offset = (6, -3)
+            else:      # a family's labels alternate above and below its line
+                offset = (4, 5 if i % 2 == 0 else -11)
+            ax.annotate(text, (r["params_per_task_mean"], r["acc_mean"]), textcoords="offset points",
+                        xytext=offset, fontsize=7, color=color)
+
+
 def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]:
-    """``acc_vs_params.png``: ACC against parameters added per task; None (no file) when no run records them."""
+    """``acc_vs_params.png``: ACC against parameters added per task; None (no file) when no run records them.
+
+    Per scenario one panel with every method and, when a method was run at several settings (a sweep such as AWM's
+    grid resolutions, whose points sit close together on the full axis), a second panel with only those methods,
+    each point labelled with its setting, ACC and parameter count."""
     import math
     rows = [r for r in aggregate(runs) if not math.isnan(r["params_per_task_mean"])]
     if not rows:
         return None
     plt = _pyplot()
     scen = list(dict.fromkeys(r["scenario"] for r in rows))
-    fig, axes = plt.subplots(1, len(scen), figsize=(6.4 * len(scen), 4.4), squeeze=False)
-    for ax, sc in zip(axes[0], scen):
-        mine = [r for r in rows if r["scenario"] == sc]
-        families: dict[str, list[dict]] = {}
-        for r in mine:
-            families.setdefault(_base_name(r["method"]), []).append(r)
-        for k, (fam, members) in enumerate(families.items()):
-            members = sorted(members, key=lambda r: r["params_per_task_mean"])
-            xs = [r["params_per_task_mean"] for r in members]
-            ys = [r["acc_mean"] for r in members]
-            es = [r["acc_std"] for r in members]
-            color = f"C{k % 10}"
-            ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
-                        markersize=5, label=fam)
-            labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
-            for i, r in enumerate(members):   # a family's labels alternate above and below its line
-                text = labels.get(r["method"], r["method"])
-                ax.annotate(text, (r["params_per_task_mean"], r["acc_mean"]), textcoords="offset points",
-                            xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7, color=color)
+    per_scen = {sc: _families([r for r in rows if r["scenario"] == sc]) for sc in scen}
+    zoom = any(len(m) > 1 for fams in per_scen.values() for m in fams.values())
+    ncols = 2 if zoom else 1
+    fig, axes = plt.subplots(len(scen), ncols, figsize=(6.4 * ncols, 4.4 * len(scen)), squeeze=False)
+    for row_axes, sc in zip(axes, scen):
+        families = per_scen[sc]
+        colors = {fam: f"C{k % 10}" for k, fam in enumerate(families)}
+        mine = [r for m in families.values() for r in m]
+        lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)
+        seeds = f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds per method"
+        ax = row_axes[0]
+        _draw_families(ax, families, runs, colors, zoom=False)
         ax.set_xscale("symlog", linthresh=1000)
         ax.set_xlim(left=-300)
         # 0, then the decades from the linear threshold on: symlog's own ticks put 0 and 10^2 on top of each other
@@ -150,11 +176,25 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
         ax.set_xticks([0.0] + [10.0 ** e for e in range(3, math.floor(math.log10(top)) + 1)])
         ax.set_xlabel("parameters added per task (symlog)")
         ax.set_ylabel("ACC (accuracy after all tasks, mean over tasks)")
-        lo, hi = min(r["n_seeds"] for r in mine), max(r["n_seeds"] for r in mine)
-        seeds = f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds per method"
         ax.set_title(f"{sc}-IL: accuracy vs parameters added per task ({seeds})", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
+        if not zoom:
+            continue
+        ax = row_axes[1]
+        sweeps = {f: m for f, m in families.items() if len(m) > 1}
+        if not sweeps:
+            ax.set_axis_off()
+            continue
+        _draw_families(ax, sweeps, runs, colors, zoom=True)
+        xs = [r["params_per_task_mean"] for m in sweeps.values() for r in m]
+        if min(xs) > 0:
+            ax.set_xscale("log")
+            ax.set_xlim(min(xs) / 1.15, max(xs) * 2.2)   # room for the labels on the right
+        ax.set_xlabel("parameters added per task" + (" (log)" if min(xs) > 0 else ""))
+        ax.set_ylabel("ACC")
+        ax.set_title(f"{sc}-IL: {', '.join(sweeps)} settings, zoomed (mean and std over seeds)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
     return _save(fig, os.path.join(out_dir, "acc_vs_params.png"))
 
 

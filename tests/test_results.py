@@ -136,7 +136,13 @@ def test_accuracy_vs_parameters_figure_only_with_recorded_parameters(tmp_path):
         runs.append(r)
     paths = plot_all(runs, str(tmp_path))
     assert paths[-1] == str(tmp_path / "acc_vs_params.png")
-    assert open(paths[-1], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    head = open(paths[-1], "rb").read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    # the awm sweep (two settings) gets a zoomed second panel; without a sweep the figure is one panel wide
+    os.makedirs(tmp_path / "single")
+    single = plot_acc_vs_params(runs[1:], str(tmp_path / "single"))
+    widths = [int.from_bytes(open(p, "rb").read(24)[16:20], "big") for p in (paths[-1], single)]
+    assert widths[0] > 1.5 * widths[1]       # tight bounding boxes: 1180 against 675 pixels
 
 
 def test_eval_split_is_recorded_and_never_aggregated_across_splits(tmp_path):
