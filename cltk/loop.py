@@ -243,7 +243,8 @@ def _fingerprint(method: Method, model_name: str, stream: Stream, iters_per_task
     """What must match for a checkpoint to continue this run (method, config, stream, schedule, seed, and the split
     its accuracies are measured on)."""
     import json
-    doc = {"method": method.name, "config": vars(method.config), "model": model_name, "stream": stream.name,
+    config = method.config.fingerprint_fields() if hasattr(method.config, "fingerprint_fields") else vars(method.config)
+    doc = {"method": method.name, "config": config, "model": model_name, "stream": stream.name,
            "scenario": stream.scenario, "tasks": [t.name for t in stream.tasks], "iters_per_task": iters_per_task,
            "batch_size": batch_size, "seed": seed}
     if eval_split != "test":       # checkpoints written before eval_split existed keep their fingerprint

@@ -41,6 +41,11 @@ from cltk.streams.base import SCENARIOS, Stream, Task
 __all__ = ["Batch", "MethodConfig", "Method", "build_optimizer", "register", "get_method", "available_methods", "method_class"]
 
 
+# dataclasses.field metadata key: a config field added after checkpoints were written without it is left out of the
+# checkpoint fingerprint (cltk.loop) while it has its default value, so that those checkpoints still resume.
+FINGERPRINT_OMIT_DEFAULT = "cltk_fingerprint_omit_default"
+
+
 class Batch(NamedTuple):
     x: Tensor   # inputs [B, ...]
     y: Tensor   # int64 [B] targets in the stream's output space
@@ -63,6 +68,15 @@ class MethodConfig(ConfigChecks):
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The fields a checkpoint's fingerprint records: all, except those marked ``FINGERPRINT_OMIT_DEFAULT`` while
+        they hold their default."""
+        out = dict(vars(self))
+        for f in dataclasses.fields(self):
+            if f.metadata.get(FINGERPRINT_OMIT_DEFAULT) and getattr(self, f.name) == f.default:
+                del out[f.name]
+        return out
 
     def validate(self) -> None:
         if self.optimizer not in ("adam", "sgd"):

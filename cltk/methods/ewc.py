@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from cltk.methods._penalty import (MAX_CHUNK, QuadraticRegularizer, all_reduce_mean_, detached_copy,
                                    per_sample_grad_moment, rank_shard, trainable_parameters, unwrap_ddp)
-from cltk.methods.base import Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Method, register
 from cltk.streams.base import Task
 
 __all__ = ["EWCConfig", "EWC", "OnlineEWCConfig", "OnlineEWC", "estimate_fisher", "FISHER_LABELS"]
@@ -51,12 +52,13 @@ FISHER_LABELS = ("true", "empirical", "predicted")
 
 
 @dataclass
-class EWCConfig(MethodConfig):
+class EWCConfig(TaskBNConfig):
     """``lambda_``: penalty strength (>= 0); ``fisher``: label source, one of ``FISHER_LABELS``;
     ``fisher_samples``: how many training samples estimate the Fisher (``None``: all); ``fisher_chunk``: samples
     per vectorised per-sample-gradient pass (memory only, not the result; ``None``: as many as keep a pass's
     per-sample gradients within 512 MiB, at most 256, see ``cltk.methods._penalty.auto_chunk_size``);
-    ``fisher_seed``: seeds the sample draw and the sampled labels."""
+    ``fisher_seed``: seeds the sample draw and the sampled labels; ``bn_stats="task"``: each task evaluated with its
+    own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
 
     lambda_: float = 1e7
     fisher: str = "true"
@@ -126,7 +128,7 @@ def estimate_fisher(method: Method, model: nn.Module, task: Task, labels: str = 
 
 
 @register
-class EWC(QuadraticRegularizer, Method):
+class EWC(QuadraticRegularizer, TaskBNStats, Method):
     """One quadratic term per finished task, each with its own Fisher and anchor."""
 
     name = "ewc"
@@ -150,14 +152,21 @@ class EWC(QuadraticRegularizer, Method):
         return estimate_fisher(self, self.model, task, c.fisher, c.fisher_samples, c.fisher_chunk, c.fisher_seed)
 
     def after_task(self, task: Task) -> None:
+        super().after_task(task)
+        self.store_task_bn(task)
+        self.consolidate(task)
+
+    def consolidate(self, task: Task) -> None:
+        """Add ``task``'s term: its Fisher, anchored at the parameters as they are now."""
         fisher = self.fisher(task)
         self.importances.append(fisher)
         self.anchors.append(detached_copy(trainable_parameters(self.model)))
 
     def state_dict(self) -> dict:
-        return self._terms_state()
+        return {**super().state_dict(), **self._terms_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self._load_terms_state(state)
 
 
@@ -185,7 +194,7 @@ class OnlineEWC(EWC):
     def term_coefficients(self) -> list[float]:
         return [0.5 * self.config.lambda_ * self.config.gamma] * len(self.importances)
 
-    def after_task(self, task: Task) -> None:
+    def consolidate(self, task: Task) -> None:
         fisher = self.fisher(task)
         if self.importances:
             torch._foreach_add_(fisher, self.importances[0], alpha=self.config.gamma)

@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cltk.methods.base import Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Method, register
+from cltk.streams.base import Task
 
 
 @dataclass
-class FinetuneConfig(MethodConfig):
+class FinetuneConfig(TaskBNConfig):
     """Adam, lr 1e-3 by default (van de Ven & Tolias 2019); ``optimizer="sgd"`` with a smaller ``lr`` gives
-    the SGD / SGDx0.1 baselines."""
+    the SGD / SGDx0.1 baselines. ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics
+    (task-IL; :mod:`cltk.methods._task_bn`)."""
 
 
 @register
-class Finetune(Method):
+class Finetune(TaskBNStats, Method):
     name = "finetune"
     description = "plain fine-tuning task after task (the forgetting lower bound)"
     paper = "-"
@@ -22,3 +25,7 @@ class Finetune(Method):
     def added_parameters(self, task: int) -> int:
         """0: a task adds nothing, but every weight of the one network moves."""
         return 0
+
+    def after_task(self, task: Task) -> None:
+        super().after_task(task)
+        self.store_task_bn(task)

@@ -1,0 +1,114 @@
+"""Per-task BatchNorm statistics for methods that train one shared network (``bn_stats="task"``, task-IL only).
+
+A network trained task after task keeps one set of BatchNorm running statistics, which every task's training moves
+to its own data. Evaluated later, an earlier task is normalised with the latest task's statistics, a loss of its
+accuracy that no penalty on the weights can prevent. With ``bn_stats="task"`` the running mean and variance of every
+BatchNorm layer, as they stand when a task's training ends, are stored and loaded whenever that task is evaluated
+(the task id selects them, as it selects the head in task-IL). Training is unchanged. A task costs
+``2 * sum(channels)`` stored values (not trained; ``added_parameters`` counts trained parameters only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from cltk.methods.base import FINGERPRINT_OMIT_DEFAULT, MethodConfig
+from cltk.streams.base import Stream, Task
+
+BN_STATS = ("shared", "task")
+
+
+@dataclass
+class TaskBNConfig(MethodConfig):
+    """``bn_stats``: ``"shared"`` (default; one set of BatchNorm running statistics, moved by every task) or
+    ``"task"`` (task-IL only; each task's statistics at the end of its training are stored and used when that task is
+    evaluated, see :mod:`cltk.methods._task_bn`)."""
+
+    bn_stats: str = field(default="shared", metadata={FINGERPRINT_OMIT_DEFAULT: True})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"{type(self).__name__}.bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics, in module order."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+
+
+class TaskBNStats:
+    """Mixin (before :class:`~cltk.methods.base.Method` in the bases) for configs derived from :class:`TaskBNConfig`:
+    stores each task's BatchNorm statistics in :meth:`store_task_bn` (which the method's ``after_task`` calls) and
+    evaluates every sample with its own task's set."""
+
+    _task_bn: dict[int, list[Tensor]]
+
+    def setup(self, model: nn.Module, stream: Stream) -> nn.Module:
+        model = super().setup(model, stream)   # type: ignore[misc]
+        self._task_bn = {}
+        if self.config.bn_stats == "task":     # type: ignore[attr-defined]
+            name = type(self.config).__name__  # type: ignore[attr-defined]
+            if stream.scenario != "task":
+                raise ValueError(f"{name}.bn_stats='task' needs the task-IL scenario (the task id selects the "
+                                 f"statistics), got scenario {stream.scenario!r}")
+            if not batchnorm_layers(model):
+                raise ValueError(f"{name}.bn_stats='task': the model has no BatchNorm layer with running statistics")
+        return model
+
+    def _per_task(self) -> bool:
+        return self.config.bn_stats == "task"  # type: ignore[attr-defined]
+
+    def _live(self) -> list[Tensor]:
+        return [b for m in batchnorm_layers(self.model) for b in (m.running_mean, m.running_var)]  # type: ignore
+
+    def store_task_bn(self, task: Task) -> None:
+        """Keep the statistics as they are now as ``task``'s set (a no-op with ``bn_stats="shared"``)."""
+        if self._per_task():
+            self._task_bn[task.index] = [b.detach().clone() for b in self._live()]
+
+    def eval_logits(self, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        evaluate = super().eval_logits         # type: ignore[misc]
+        if not self._per_task() or not self._task_bn:
+            return evaluate(model, x, t)
+        tasks = t.unique().tolist()
+        if len(tasks) == 1:
+            return self._with_set(tasks[0], lambda: evaluate(model, x, t))
+        out: Optional[Tensor] = None
+        for k in tasks:                        # a batch mixing tasks: each task's samples with its own set
+            idx = (t == k).nonzero().squeeze(1)
+            part = self._with_set(k, lambda: evaluate(model, x[idx], t[idx]))
+            if out is None:
+                out = part.new_empty((x.shape[0],) + tuple(part.shape[1:]))
+            out[idx] = part
+        assert out is not None
+        return out
+
+    def _with_set(self, k: int, fn):
+        stored = self._task_bn.get(int(k))
+        if stored is None:                     # a task not trained yet: the statistics as they are
+            return fn()
+        live = self._live()
+        saved = [b.clone() for b in live]
+        with torch.no_grad():
+            torch._foreach_copy_(live, stored)
+        try:
+            return fn()
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(live, saved)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()           # type: ignore[misc]
+        if self._per_task():
+            state["task_bn"] = {int(k): v for k, v in self._task_bn.items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)         # type: ignore[misc]
+        if self._per_task():
+            self._task_bn = {int(k): [b.clone() for b in v] for k, v in state.get("task_bn", {}).items()}
