@@ -10,6 +10,7 @@ characters.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional, Sequence
 
@@ -104,15 +105,27 @@ def _short(v) -> str:
     return "x".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
 
 
+def _config_defaults(method: str) -> dict:
+    """The registered method's config defaults (runs recorded before a field existed lack it); {} if unknown."""
+    from cltk.methods import method_class
+    try:
+        config = method_class(method).Config
+    except ValueError:
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+
+
 def _member_labels(labels: list[str], runs: Sequence[RunResult]) -> dict[str, str]:
     """The config values that tell the configurations of one method apart, e.g. ``{"awm": "4x4", ...}``."""
     configs = {lab: next((r.config for r in runs if r.method == lab), {}) for lab in labels}
+    configs = {lab: {**_config_defaults(_base_name(lab)), **c} for lab, c in configs.items()}
     keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
             if len({repr(c.get(k)) for c in configs.values()}) > 1]
     if not keys:
         return {lab: lab for lab in labels}
-    if len(keys) == 1:
-        return {lab: _short(c.get(keys[0])) for lab, c in configs.items()}
+    if len(keys) == 1:   # a size reads alone ("8x8"); a word with its field ("bn_stats=task")
+        k = keys[0]
+        return {lab: f"{k}={c.get(k)}" if isinstance(c.get(k), str) else _short(c.get(k)) for lab, c in configs.items()}
     return {lab: ",".join(f"{k}={_short(c.get(k))}" for k in keys) for lab, c in configs.items()}
 
 
@@ -124,6 +137,11 @@ def _families(rows: list[dict]) -> dict[str, list[dict]]:
     return {f: sorted(m, key=lambda r: r["params_per_task_mean"]) for f, m in families.items()}
 
 
+def _is_sweep(members: list[dict]) -> bool:
+    """A method run at settings that add different numbers of parameters (AWM's grid sizes, say)."""
+    return len({r["params_per_task_mean"] for r in members}) > 1
+
+
 def _draw_families(ax, families: dict[str, list[dict]], runs: Sequence[RunResult], colors: dict[str, str],
                    zoom: bool) -> None:
     for fam, members in families.items():
@@ -131,7 +149,7 @@ def _draw_families(ax, families: dict[str, list[dict]], runs: Sequence[RunResult
         ys = [r["acc_mean"] for r in members]
         es = [r["acc_std"] for r in members]
         color = colors[fam]
-        ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(members) > 1 else "o", color=color, capsize=3,
+        ax.errorbar(xs, ys, yerr=es, fmt="o-" if len(set(xs)) > 1 else "o", color=color, capsize=3,
                     markersize=5, label=fam)
         labels = _member_labels([r["method"] for r in members], runs) if len(members) > 1 else {}
         for i, r in enumerate(members):
@@ -148,9 +166,9 @@ def _draw_families(ax, families: dict[str, list[dict]], runs: Sequence[RunResult
 def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]:
     """``acc_vs_params.png``: ACC against parameters added per task; None (no file) when no run records them.
 
-    Per scenario one panel with every method and, when a method was run at several settings (a sweep such as AWM's
-    grid resolutions, whose points sit close together on the full axis), a second panel with only those methods,
-    each point labelled with its setting, ACC and parameter count."""
+    Per scenario one panel with every method and, when a method was run at settings that add different numbers of
+    parameters (a sweep such as AWM's grid resolutions, whose points sit close together on the full axis), a second
+    panel with only those methods, each point labelled with its setting, ACC and parameter count."""
     import math
     rows = [r for r in aggregate(runs) if not math.isnan(r["params_per_task_mean"])]
     if not rows:
@@ -158,7 +176,7 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
     plt = _pyplot()
     scen = list(dict.fromkeys(r["scenario"] for r in rows))
     per_scen = {sc: _families([r for r in rows if r["scenario"] == sc]) for sc in scen}
-    zoom = any(len(m) > 1 for fams in per_scen.values() for m in fams.values())
+    zoom = any(_is_sweep(m) for fams in per_scen.values() for m in fams.values())
     ncols = 2 if zoom else 1
     fig, axes = plt.subplots(len(scen), ncols, figsize=(6.4 * ncols, 4.4 * len(scen)), squeeze=False)
     for row_axes, sc in zip(axes, scen):
@@ -182,7 +200,7 @@ def plot_acc_vs_params(runs: Sequence[RunResult], out_dir: str) -> Optional[str]
         if not zoom:
             continue
         ax = row_axes[1]
-        sweeps = {f: m for f, m in families.items() if len(m) > 1}
+        sweeps = {f: m for f, m in families.items() if _is_sweep(m)}
         if not sweeps:
             ax.set_axis_off()
             continue

@@ -10,9 +10,10 @@
     of domain-IL, which it does not support).
 ``awm``
     Adaptive Weight Modulation (grids (4, 4), and the resolution sweep ``awm:resolution=[2,2]``, ``[8,8]``,
-    ``[16,16]``) against Piggyback, EWC, fine-tuning, the linear probe and separate copies on the pretrained
-    EfficientNet-Lite0, task-IL, 3 seeds, 200 steps of 32 images per task, each method's learning rate (and EWC's
-    lambda) chosen on the validation split (docs/methods_awm.md).
+    ``[16,16]``) against Piggyback, EWC, fine-tuning (each also with per-task BatchNorm statistics,
+    ``bn_stats=task``), the linear probe and separate copies on the pretrained EfficientNet-Lite0, task-IL, 3 seeds,
+    200 steps of 32 images per task, each method's learning rate (and EWC's lambda) chosen on the validation split
+    (docs/methods_awm.md); 33 runs, about 42 minutes with ``--jobs 2 --threads 1`` on 2 cores.
 ``text``
     The MiniLM-L6 text sequence with the MIGU and LoRA-family methods (about an hour of CPU time).
 ``attention-meta``
@@ -63,11 +64,12 @@ PRESETS: dict[str, Preset] = {
         benchmark="split-mnist5k", scenarios=("task", "domain", "class"),
         seeds=(0, 1, 2, 3, 4), iters=2000, config={"optimizer": "adam", "lr": 1e-3}),
     "awm": Preset(
-        description="AWM (grids 4x4, and the 2x2, 8x8, 16x16 sweep) vs Piggyback, EWC, fine-tuning, linear probe and "
-                    "separate copies on a frozen/fine-tuned EfficientNet-Lite0 (ImageNet weights), MNIST-5k/"
-                    "Fashion-MNIST halves at 32x32, task-IL, 3 seeds",
+        description="AWM (grids 4x4, and the 2x2, 8x8, 16x16 sweep) vs Piggyback, EWC and fine-tuning (each also with "
+                    "per-task BN statistics), linear probe and separate copies on a frozen/fine-tuned "
+                    "EfficientNet-Lite0 (ImageNet weights), MNIST-5k/Fashion-MNIST halves at 32x32, task-IL, 3 seeds",
         methods=("awm", "awm:resolution=[2,2]", "awm:resolution=[8,8]", "awm:resolution=[16,16]", "piggyback", "ewc",
-                 "finetune", "linear-probe", "separate"), benchmark="mnist5k-fmnist-halves",
+                 "ewc:bn_stats=task", "finetune", "finetune:bn_stats=task", "linear-probe", "separate"),
+        benchmark="mnist5k-fmnist-halves",
         scenarios=("task",), seeds=(0, 1, 2), iters=200, model="efficientnet-lite0", batch_size=32,
         # chosen on the validation split, seed 0 (--eval-split val; docs/methods_awm.md); the others' defaults won
         method_config={"finetune": {"lr": 1e-4}, "linear-probe": {"lr": 3e-2}, "ewc": {"lambda_": 1e8}}),

@@ -156,3 +156,11 @@ def test_eval_split_is_recorded_and_never_aggregated_across_splits(tmp_path):
     assert RunResult.from_dict(old).eval_split == "test"
     with pytest.raises(ValueError, match=r"finetune on split-mnist5k \(class-IL\).*different splits \(test, val\)"):
         aggregate([_run(seed=0), val])
+
+
+def test_figure_labels_name_a_setting_missing_from_older_runs_by_its_default():
+    from cltk.plots import _member_labels
+    old, new = _run("ewc"), _run("ewc(bn_stats=task)")
+    old.config, new.config = {"lambda_": 1e8}, {"lambda_": 1e8, "bn_stats": "task"}   # old: recorded before the field
+    assert _member_labels(["ewc", "ewc(bn_stats=task)"], [old, new]) == {"ewc": "bn_stats=shared",
+                                                                         "ewc(bn_stats=task)": "bn_stats=task"}
