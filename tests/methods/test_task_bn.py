@@ -125,3 +125,28 @@ def test_bad_input(name):
     no_bn = nn.Sequential(nn.Flatten(), nn.Linear(14 * 14, stream.n_outputs))
     with pytest.raises(ValueError, match="no BatchNorm layer"):
         method_class(name)(bn_stats="task").setup(no_bn, stream)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["finetune", "ewc"])
+def test_a_run_killed_in_the_second_task_resumes_to_the_uninterrupted_result(name, tmp_path):
+    kw = dict(iters_per_task=30, batch_size=32, progress=False, readout=False, seed=0)
+    ref = run(method_class(name)(bn_stats="task"), _bn_net(_stream()), _stream(), **kw)
+    stopping = method_class(name)(bn_stats="task")
+    inner, steps = stopping.after_step, [0]
+
+    def after_step(model):
+        inner(model)
+        steps[0] += 1
+        if steps[0] == 42:           # task 1, after its checkpoint at step 40: task 0's set is in the checkpoint only
+            raise _Stop()
+
+    stopping.after_step = after_step
+    with pytest.raises(_Stop):
+        run(stopping, _bn_net(_stream()), _stream(), checkpoint_dir=tmp_path, checkpoint_every=5, **kw)
+    got = run(method_class(name)(bn_stats="task"), _bn_net(_stream()), _stream(), checkpoint_dir=tmp_path,
+              resume=True, **kw)
+    assert got.R == ref.R and got.R[1][0] != 0.0
