@@ -24,17 +24,19 @@ from torch import Tensor
 
 from cltk.methods._penalty import (QuadraticRegularizer, all_reduce_mean_, detached_copy, per_sample_grad_moment,
                                    rank_shard, trainable_parameters)
-from cltk.methods.base import Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Method, register
 from cltk.streams.base import Task
 
 __all__ = ["MASConfig", "MAS"]
 
 
 @dataclass
-class MASConfig(MethodConfig):
+class MASConfig(TaskBNConfig):
     """``lambda_`` (>= 0): penalty strength; ``samples``: training samples per task the importance is estimated
     on (``None``: all); ``chunk``: samples per vectorised per-sample-gradient pass (memory only; ``None``: as many
-    as keep a pass's per-sample gradients within 512 MiB, at most 256); ``seed``: the sample draw."""
+    as keep a pass's per-sample gradients within 512 MiB, at most 256); ``seed``: the sample draw; ``bn_stats="task"``:
+    each task evaluated with its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
 
     lambda_: float = 1.0
     samples: Optional[int] = None
@@ -52,7 +54,7 @@ class MASConfig(MethodConfig):
 
 
 @register
-class MAS(QuadraticRegularizer, Method):
+class MAS(QuadraticRegularizer, TaskBNStats, Method):
     name = "mas"
     description = "memory aware synapses: quadratic penalty weighted by the output-norm sensitivity"
     paper = "Aljundi et al. 2018, ECCV, arXiv:1711.09601"
@@ -88,6 +90,8 @@ class MAS(QuadraticRegularizer, Method):
         return all_reduce_mean_(omega)
 
     def after_task(self, task: Task) -> None:
+        super().after_task(task)
+        self.store_task_bn(task)
         omega = self.importance(task)
         if self.importances:
             torch._foreach_add_(omega, self.importances[0])
@@ -95,7 +99,8 @@ class MAS(QuadraticRegularizer, Method):
         self.anchors = [detached_copy(trainable_parameters(self.model))]
 
     def state_dict(self) -> dict:
-        return self._terms_state()
+        return {**super().state_dict(), **self._terms_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self._load_terms_state(state)

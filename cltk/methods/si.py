@@ -24,15 +24,18 @@ import torch
 from torch import Tensor, nn
 
 from cltk.methods._penalty import QuadraticRegularizer, detached_copy, trainable_parameters
-from cltk.methods.base import Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Method, register
 from cltk.streams.base import Task
 
 __all__ = ["SIConfig", "SI"]
 
 
 @dataclass
-class SIConfig(MethodConfig):
-    """``c`` (>= 0): penalty strength; ``xi`` (> 0): damping of the normalisation by the squared total change."""
+class SIConfig(TaskBNConfig):
+    """``c`` (>= 0): penalty strength; ``xi`` (> 0): damping of the normalisation by the squared total change;
+    ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL;
+    :mod:`cltk.methods._task_bn`)."""
 
     c: float = 1.0
     xi: float = 1e-3
@@ -44,7 +47,7 @@ class SIConfig(MethodConfig):
 
 
 @register
-class SI(QuadraticRegularizer, Method):
+class SI(QuadraticRegularizer, TaskBNStats, Method):
     name = "si"
     description = "synaptic intelligence: quadratic penalty weighted by each parameter's path integral of the loss"
     paper = "Zenke, Poole & Ganguli 2017, ICML, arXiv:1703.04200"
@@ -89,6 +92,8 @@ class SI(QuadraticRegularizer, Method):
         self._grad = None
 
     def after_task(self, task: Task) -> None:
+        super().after_task(task)
+        self.store_task_bn(task)
         params = [p.detach() for p in trainable_parameters(self.model)]
         change = torch._foreach_sub(params, self._start)
         torch._foreach_mul_(change, change)
@@ -102,7 +107,7 @@ class SI(QuadraticRegularizer, Method):
         self.path = self._start = self._prev = self._grad = None
 
     def state_dict(self) -> dict:
-        state = self._terms_state()
+        state = {**super().state_dict(), **self._terms_state()}
         # Mid-task state: the running path integral and the task's starting point (absent between tasks).
         state["path"] = None if self.path is None else detached_copy(self.path)
         state["start"] = None if self._start is None else detached_copy(self._start)
@@ -110,6 +115,7 @@ class SI(QuadraticRegularizer, Method):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self._load_terms_state(state)
         self.path = None if state.get("path") is None else detached_copy(state["path"])
         self._start = None if state.get("start") is None else detached_copy(state["start"])
