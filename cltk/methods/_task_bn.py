@@ -43,8 +43,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 class TaskBNStats:
     """Mixin (before :class:`~cltk.methods.base.Method` in the bases) for configs derived from :class:`TaskBNConfig`:
-    stores each task's BatchNorm statistics in :meth:`store_task_bn` (which the method's ``after_task`` calls) and
-    evaluates every sample with its own task's set."""
+    stores each task's BatchNorm statistics in its ``after_task`` (so a method's own ``after_task`` calls
+    ``super().after_task(task)``) and evaluates every sample with its own task's set."""
 
     _task_bn: dict[int, list[Tensor]]
 
@@ -66,8 +66,9 @@ class TaskBNStats:
     def _live(self) -> list[Tensor]:
         return [b for m in batchnorm_layers(self.model) for b in (m.running_mean, m.running_var)]  # type: ignore
 
-    def store_task_bn(self, task: Task) -> None:
-        """Keep the statistics as they are now as ``task``'s set (a no-op with ``bn_stats="shared"``)."""
+    def after_task(self, task: Task) -> None:
+        """Keep the statistics as they are now as ``task``'s set (nothing with ``bn_stats="shared"``)."""
+        super().after_task(task)               # type: ignore[misc]
         if self._per_task():
             self._task_bn[task.index] = [b.detach().clone() for b in self._live()]
 

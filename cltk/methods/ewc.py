@@ -152,8 +152,7 @@ class EWC(QuadraticRegularizer, TaskBNStats, Method):
         return estimate_fisher(self, self.model, task, c.fisher, c.fisher_samples, c.fisher_chunk, c.fisher_seed)
 
     def after_task(self, task: Task) -> None:
-        super().after_task(task)
-        self.store_task_bn(task)
+        super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics
         self.consolidate(task)
 
     def consolidate(self, task: Task) -> None:

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
 from cltk.methods.base import Method, register
-from cltk.streams.base import Task
 
 
 @dataclass
@@ -25,7 +24,3 @@ class Finetune(TaskBNStats, Method):
     def added_parameters(self, task: int) -> int:
         """0: a task adds nothing, but every weight of the one network moves."""
         return 0
-
-    def after_task(self, task: Task) -> None:
-        super().after_task(task)
-        self.store_task_bn(task)

@@ -90,8 +90,7 @@ class MAS(QuadraticRegularizer, TaskBNStats, Method):
         return all_reduce_mean_(omega)
 
     def after_task(self, task: Task) -> None:
-        super().after_task(task)
-        self.store_task_bn(task)
+        super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics
         omega = self.importance(task)
         if self.importances:
             torch._foreach_add_(omega, self.importances[0])

@@ -92,8 +92,7 @@ class SI(QuadraticRegularizer, TaskBNStats, Method):
         self._grad = None
 
     def after_task(self, task: Task) -> None:
-        super().after_task(task)
-        self.store_task_bn(task)
+        super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics
         params = [p.detach() for p in trainable_parameters(self.model)]
         change = torch._foreach_sub(params, self._start)
         torch._foreach_mul_(change, change)

@@ -79,6 +79,8 @@ def test_shared_statistics_are_the_default_and_move_with_each_task():
     with torch.no_grad():
         assert torch.equal(method.eval_logits(model, x0, t0), model(x0))
     assert method_class("finetune").Config().bn_stats == "shared" and "task_bn" not in method.state_dict()
+    first, second = method.snapshots
+    assert any(not torch.equal(v, second[k]) for k, v in first.items())   # task 1 moved the one set
 
 
 def test_a_batch_mixing_tasks_gives_each_sample_its_own_tasks_statistics():
