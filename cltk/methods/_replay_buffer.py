@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from cltk import distributed as dist
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
 from cltk.methods.base import Batch, Method, MethodConfig
 
 __all__ = ["ReservoirBuffer", "ReplaySample", "ReplayConfig", "ReservoirReplay"]
@@ -183,13 +184,14 @@ class ReservoirBuffer:
 
 
 @dataclass
-class ReplayConfig(MethodConfig):
+class ReplayConfig(TaskBNConfig):
     """Fields of every reservoir-replay method.
 
     ``buffer_size``: examples kept in all (200, the smallest memory of Buzzega et al. 2020's split-MNIST table);
     ``replay_batch_size``: examples replayed per step (0: as many as the current minibatch, as in Chaudhry et al.
     2019's ER); ``balanced``: class-balanced replay draws instead of uniform ones; ``seed``: seed of the buffer's
-    generator (the same on every distributed rank: the draws must agree).
+    generator (the same on every distributed rank: the draws must agree); ``bn_stats="task"``: each task evaluated with
+    its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`).
     """
 
     buffer_size: int = 200
@@ -208,7 +210,7 @@ class ReplayConfig(MethodConfig):
         return self.replay_batch_size or current
 
 
-class ReservoirReplay(Method):
+class ReservoirReplay(TaskBNStats, Method):
     """Base of the methods whose memory is a reservoir of the stream's own minibatches (ER, A-GEM): a step's batch
     (all ranks' batches under torch.distributed) joins ``buffer`` after the update, so a step never replays its own
     batch; the buffer is checkpointed with the method."""
@@ -229,7 +231,8 @@ class ReservoirReplay(Method):
             self._pending = None
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from cltk import distributed as dist
 from cltk.methods._replay_buffer import ReplayConfig, ReplaySample, ReservoirBuffer
+from cltk.methods._task_bn import TaskBNStats
 from cltk.methods.base import Batch, Method, register
 
 
@@ -43,7 +44,7 @@ class DERppConfig(ReplayConfig):
 
 
 @register
-class DERpp(Method):
+class DERpp(TaskBNStats, Method):
     name = "derpp"
     description = "DER++: replay stored logits (MSE) and labels (CE) from a reservoir memory"
     paper = "Buzzega et al. 2020, Dark Experience for General Continual Learning: a Strong, Simple Baseline (NeurIPS)"
@@ -98,7 +99,8 @@ class DERpp(Method):
             self._pending = None
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.buffer.load_state_dict(state["buffer"])

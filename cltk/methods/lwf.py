@@ -20,15 +20,17 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from cltk.methods.base import Batch, Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Batch, Method, register
 from cltk.streams.base import Task
 
 __all__ = ["LwFConfig", "LwF", "soft_cross_entropy"]
 
 
 @dataclass
-class LwFConfig(MethodConfig):
-    """``temperature`` (> 0): softening of both distributions; ``alpha`` (>= 0): weight of the distillation."""
+class LwFConfig(TaskBNConfig):
+    """``temperature`` (> 0): softening of both distributions; ``alpha`` (>= 0): weight of the distillation;
+    ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
 
     temperature: float = 2.0
     alpha: float = 1.0
@@ -46,7 +48,7 @@ def soft_cross_entropy(logits: Tensor, target_logits: Tensor, temperature: float
 
 
 @register
-class LwF(Method):
+class LwF(TaskBNStats, Method):
     name = "lwf"
     description = "learning without forgetting: distil the previous model's outputs on the new data"
     paper = "Li & Hoiem 2017, TPAMI, arXiv:1606.09282"
@@ -98,14 +100,16 @@ class LwF(Method):
         return old
 
     def after_task(self, task: Task) -> None:
+        super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics
         self.old_model = self._frozen_copy()
         self.old_task = task.index
 
     def state_dict(self) -> dict:
         old = None if self.old_model is None else {k: v.detach().clone() for k, v in self.old_model.state_dict().items()}
-        return {"old_model": old, "old_task": self.old_task}
+        return {**super().state_dict(), "old_model": old, "old_task": self.old_task}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         if state["old_model"] is None:
             self.old_model, self.old_task = None, -1
             return

@@ -18,12 +18,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-from cltk.methods.base import Method, MethodConfig, register
+from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods.base import Method, register
 from cltk.optim.migu import MIGU as MIGUOptimizer
 
 
 @dataclass
-class MIGUConfig(MethodConfig):
+class MIGUConfig(TaskBNConfig):
+    """``threshold``: the fraction of rows (by cached output magnitude) left unmasked is ``1 - threshold``;
+    ``mask_bias``, ``mask_first_task``, ``mask_head``: also mask biases, the first task, the output layer;
+    ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
+
     threshold: float = 0.7
     mask_bias: bool = False
     mask_first_task: bool = False
@@ -36,7 +41,7 @@ class MIGUConfig(MethodConfig):
 
 
 @register
-class MIGU(Method):
+class MIGU(TaskBNStats, Method):
     name = "migu"
     description = "MIGU: update only the weight rows with the largest cached output magnitudes"
     paper = "Du et al. 2024, arXiv 2406.17245"
@@ -59,6 +64,7 @@ class MIGU(Method):
         return self.optimizer
 
     def after_task(self, task) -> None:
+        super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics
         if self.optimizer is not None:
             self.optimizer.close()
             self.optimizer = None

@@ -1,5 +1,5 @@
-"""bn_stats="task" (finetune, EWC, online EWC, SI, MAS): each task evaluated with its own BatchNorm statistics, on real
-MNIST-5k digits through the training loop."""
+"""bn_stats="task" (fine-tuning, the regularisers, LwF, the replay methods, MIGU): each task evaluated with its own
+BatchNorm statistics, on real MNIST-5k digits through the training loop."""
 import copy
 import json
 
@@ -11,7 +11,7 @@ from cltk.loop import _fingerprint, run
 from cltk.methods.base import method_class
 from cltk.streams.builders import make_stream
 
-METHODS = ["finetune", "ewc", "online-ewc", "si", "mas"]
+METHODS = ["finetune", "ewc", "online-ewc", "si", "mas", "lwf", "er", "agem", "derpp", "migu", "er-migu"]
 
 
 def _stream(scenario="task"):
@@ -133,7 +133,7 @@ class _Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["finetune", "ewc", "si"])
+@pytest.mark.parametrize("name", METHODS)
 def test_a_run_killed_in_the_second_task_resumes_to_the_uninterrupted_result(name, tmp_path):
     kw = dict(iters_per_task=30, batch_size=32, progress=False, readout=False, seed=0)
     ref = run(method_class(name)(bn_stats="task"), _bn_net(_stream()), _stream(), **kw)
