@@ -436,11 +436,8 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     total = (len(scenarios) * len(methods) - len(skip)) * len(seeds)
     runs: list = []
     t0 = time.perf_counter()
-    if out and main:
-        try:
-            os.makedirs(out, exist_ok=True)
-        except OSError as e:
-            raise CLIError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+    # --out is created by the first run's results (or checkpoint), so that a run its method refuses (for instance a
+    # setting the scenario does not allow, checked in the method's setup) leaves no empty folder behind
     meta = dict(meta, benchmark=benchmark, model=model, iters_per_task=iters, batch_size=batch_size,
                 eval_split=eval_split, stream_kwargs=stream_kwargs, model_kwargs=model_kwargs, device=str(device),
                 torch=torch.__version__, cltk=_source_version(), processes=dist.world_size(),
@@ -478,6 +475,7 @@ def _experiment(args: argparse.Namespace, *, methods: list[str], scenarios: list
     say(f"\n{total} run(s) in {time.perf_counter() - t0:.1f} s")
     if out and main:
         from cltk.plots import plot_all
+        os.makedirs(out, exist_ok=True)
         paths = plot_all(runs, out)
         figures = ", ".join(os.path.basename(p) for p in paths)
         print(f"wrote {os.path.join(out, 'results.json')}, results.csv, summary.csv, {figures}")
