@@ -211,24 +211,41 @@ class ReplayConfig(TaskBNConfig):
 
 
 class ReservoirReplay(TaskBNStats, Method):
-    """Base of the methods whose memory is a reservoir of the stream's own minibatches (ER, A-GEM): a step's batch
-    (all ranks' batches under torch.distributed) joins ``buffer`` after the update, so a step never replays its own
-    batch; the buffer is checkpointed with the method."""
+    """Base of the methods whose memory is a reservoir of the stream's own minibatches (ER, A-GEM, DER++): the batch
+    a step's ``loss`` leaves in ``_pending`` (all ranks' batches under torch.distributed) joins ``buffer`` after the
+    update, so a step never replays its own batch; the buffer is checkpointed with the method. ``store_logits``: the
+    buffer also keeps the logits ``loss`` left with the batch (``_pending_logits``)."""
 
     buffer: ReservoirBuffer
+    store_logits = False
 
     def __init__(self, config: Optional[MethodConfig] = None, **overrides) -> None:
         super().__init__(config, **overrides)
-        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed)
+        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed, store_logits=self.store_logits)
         self._pending: Optional[Batch] = None
+        self._pending_logits: Optional[Tensor] = None
+
+    def _draw(self, n: int, before_task: Optional[int] = None) -> Optional[ReplaySample]:
+        """A memory draw of ``n`` (global) examples (of tasks before ``before_task`` if given); under
+        torch.distributed this rank's share of it (every rank drew the same examples); ``None`` if nothing to draw."""
+        mem = self.buffer.sample(n, balanced=self.config.balanced, before_task=before_task)
+        if mem is None or not dist.is_distributed():
+            return mem
+        w = dist.world_size()
+        k = (int(mem.y.shape[0]) // w) * w
+        if k == 0:
+            return None
+        return ReplaySample(*(None if v is None else dist.shard_of(v[:k]) for v in mem))
 
     def after_step(self, model) -> None:
         if self._pending is not None:
             x, y, t = self._pending
+            logits = self._pending_logits
             if dist.is_distributed():
                 x, y, t = (dist.all_gather_cat(v) for v in (x, y, t))
-            self.buffer.add(x, y, t)
-            self._pending = None
+                logits = None if logits is None else dist.all_gather_cat(logits)
+            self.buffer.add(x, y, t, logits)
+            self._pending = self._pending_logits = None
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "buffer": self.buffer.state_dict()}

@@ -77,16 +77,10 @@ class AGEM(ReservoirReplay):
         """Flat gradient of the masked loss on a memory minibatch of earlier tasks (``None`` if there is none)."""
         c = self.config
         current = self.task.index if self.task is not None else 0
-        mem = self.buffer.sample(c.replay_size(self._batch_size), balanced=c.balanced, before_task=current)
+        mem = self._draw(c.replay_size(self._batch_size), before_task=current)   # this rank's share, then the mean
         if mem is None:
             return None
         mx, my, mt = mem.x, mem.y, mem.t
-        if dist.is_distributed():   # every rank drew the same examples: this rank's share, then the mean
-            w = dist.world_size()
-            n = (int(my.shape[0]) // w) * w
-            if n == 0:
-                return None
-            mx, my, mt = (dist.shard_of(v[:n]) for v in (mx, my, mt))
         dev = params[0].device
         loss = self.task_loss(self.forward(model, mx.to(dev), mt.to(dev)), my.to(dev), mt.to(dev))
         grads = torch.autograd.grad(loss, params, allow_unused=True)

@@ -15,15 +15,13 @@ equal one process with the same global batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cltk import distributed as dist
-from cltk.methods._replay_buffer import ReplayConfig, ReplaySample, ReservoirBuffer
-from cltk.methods._task_bn import TaskBNStats
-from cltk.methods.base import Batch, Method, register
+from cltk.methods._replay_buffer import ReplayConfig, ReservoirReplay
+from cltk.methods.base import Batch, register
 
 
 @dataclass
@@ -44,16 +42,15 @@ class DERppConfig(ReplayConfig):
 
 
 @register
-class DERpp(TaskBNStats, Method):
+class DERpp(ReservoirReplay):
     name = "derpp"
     description = "DER++: replay stored logits (MSE) and labels (CE) from a reservoir memory"
     paper = "Buzzega et al. 2020, Dark Experience for General Continual Learning: a Strong, Simple Baseline (NeurIPS)"
     Config = DERppConfig
 
-    def __init__(self, config: Optional[DERppConfig] = None, **overrides) -> None:
-        super().__init__(config, **overrides)
-        self.buffer = ReservoirBuffer(self.config.buffer_size, seed=self.config.seed, store_logits=True)
-        self._pending: Optional[tuple[Batch, Tensor]] = None
+    # stored logits are those of the forward pass that trained on the example (the paper's choice: logits sampled
+    # along the optimisation trajectory)
+    store_logits = True
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         c = self.config
@@ -71,36 +68,6 @@ class DERpp(TaskBNStats, Method):
             if mem is not None:
                 t = mem.t.to(dev)
                 loss = loss + c.beta * self.task_loss(self.forward(model, mem.x.to(dev), t), mem.y.to(dev), t)
-        self._pending = (batch, logits.detach())
+        self._pending, self._pending_logits = batch, logits.detach()
         pen = self.penalty(model)
         return loss if pen is None else loss + pen
-
-    def _draw(self, n: int) -> Optional[ReplaySample]:
-        """A memory draw of ``n`` (global) examples; under torch.distributed this rank's share of it (every rank
-        drew the same examples)."""
-        mem = self.buffer.sample(n, balanced=self.config.balanced)
-        if mem is None or not dist.is_distributed():
-            return mem
-        w = dist.world_size()
-        k = (int(mem.y.shape[0]) // w) * w
-        if k == 0:
-            return None
-        return ReplaySample(*(None if v is None else dist.shard_of(v[:k]) for v in mem))
-
-    def after_step(self, model: nn.Module) -> None:
-        # stored logits are those of the forward pass that trained on the example (the paper's choice: logits
-        # sampled along the optimisation trajectory)
-        if self._pending is not None:
-            batch, logits = self._pending
-            x, y, t = batch.x, batch.y, batch.t
-            if dist.is_distributed():
-                x, y, t, logits = (dist.all_gather_cat(v) for v in (x, y, t, logits))
-            self.buffer.add(x, y, t, logits)
-            self._pending = None
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.buffer.load_state_dict(state["buffer"])

@@ -39,13 +39,9 @@ class ER(ReservoirReplay):
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         c = self.config
         x, y, t = batch
-        w = dist.world_size()
-        mem = self.buffer.sample(c.replay_size(int(y.shape[0]) * w), balanced=c.balanced)
+        mem = self._draw(c.replay_size(int(y.shape[0]) * dist.world_size()))
         if mem is not None:
             mx, my, mt = mem.x, mem.y, mem.t
-            if dist.is_distributed():   # every rank drew the same examples: keep this rank's share
-                n = (int(my.shape[0]) // w) * w
-                mx, my, mt = (dist.shard_of(v[:n]) for v in (mx, my, mt))
             x = torch.cat([x, mx.to(x.device, x.dtype)])
             y = torch.cat([y, my.to(y.device)])
             t = torch.cat([t, mt.to(t.device)])
