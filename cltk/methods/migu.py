@@ -25,8 +25,9 @@ from cltk.optim.migu import MIGU as MIGUOptimizer
 
 @dataclass
 class MIGUConfig(TaskBNConfig):
-    """``threshold``: the fraction of rows (by cached output magnitude) left unmasked is ``1 - threshold``;
-    ``mask_bias``, ``mask_first_task``, ``mask_head``: also mask biases, the first task, the output layer;
+    """``threshold``: a step updates the weight rows at or above this quantile of the layer's cached output
+    magnitudes (0.7: the top 30%); ``mask_bias``, ``mask_first_task``, ``mask_head``: also mask the biases, the
+    first task, the output layer;
     ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
 
     threshold: float = 0.7
