@@ -17,8 +17,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
-CLOCKS = ("process_cpu", "cuda_event")
-
 
 @dataclass(frozen=True)
 class Timing:
