@@ -10,35 +10,48 @@ the shared head. The distillation term is absent while the first task trains.
 
 Defaults: temperature T = 2 and alpha (Li & Hoiem's lambda_o) = 1, as in the paper. van de Ven & Tolias 2019 also
 use T = 2 but multiply the distillation loss by T^2 (Hinton et al. 2015); ``alpha=4`` reproduces that scaling.
+
+BatchNorm in the frozen copy (``teacher_bn``): ``"running"`` (default) evaluates it in inference mode, with the
+running statistics it had when it was made; ``"batch"`` normalises each minibatch with its own statistics, as the
+training model does, and leaves the copy's running statistics untouched. On a network with BatchNorm and a shift of
+input distribution between tasks the two differ: the training model is pulled towards outputs computed under other
+normalisation than its own (docs/methods_regularize.md has a measured case). Li & Hoiem's networks had no BatchNorm.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
-from cltk.methods.base import Batch, Method, register
+from cltk.methods.base import FINGERPRINT_OMIT_DEFAULT, Batch, Method, register
 from cltk.streams.base import Task
 
 __all__ = ["LwFConfig", "LwF", "soft_cross_entropy"]
+
+TEACHER_BN = ("running", "batch")
 
 
 @dataclass
 class LwFConfig(TaskBNConfig):
     """``temperature`` (> 0): softening of both distributions; ``alpha`` (>= 0): weight of the distillation;
-    ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL; :mod:`cltk.methods._task_bn`)."""
+    ``teacher_bn``: ``"running"`` or ``"batch"``, how the frozen copy's BatchNorm layers normalise (module
+    docstring); ``bn_stats="task"``: each task evaluated with its own BatchNorm statistics (task-IL;
+    :mod:`cltk.methods._task_bn`)."""
 
     temperature: float = 2.0
     alpha: float = 1.0
+    teacher_bn: str = field(default="running", metadata={FINGERPRINT_OMIT_DEFAULT: True})
 
     def validate(self) -> None:
         super().validate()
         self.check_positive("temperature")
         self.check_nonnegative("alpha")
+        if self.teacher_bn not in TEACHER_BN:
+            raise ValueError(f"LwFConfig.teacher_bn must be one of {TEACHER_BN}, got {self.teacher_bn!r}")
 
 
 def soft_cross_entropy(logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:
@@ -94,6 +107,11 @@ class LwF(TaskBNStats, Method):
     def _frozen_copy(self) -> nn.Module:
         old = copy.deepcopy(self.model)
         old.eval()
+        if self.config.teacher_bn == "batch":     # batch statistics; the running ones are neither used nor updated
+            for m in old.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+                    m.track_running_stats = False
         old.zero_grad(set_to_none=True)
         for p in old.parameters():
             p.requires_grad_(False)

@@ -427,7 +427,7 @@ def test_lwf_distils_old_heads_only():
     ("online-ewc", "lambda_", -5.0), ("online-ewc", "gamma", 0.0), ("online-ewc", "gamma", 1.5),
     ("online-ewc", "gamma", -0.1), ("si", "c", -0.1), ("si", "xi", 0.0), ("si", "xi", -1e-3),
     ("mas", "lambda_", -1.0), ("mas", "samples", 0), ("mas", "chunk", -1),
-    ("lwf", "temperature", 0.0), ("lwf", "temperature", -2.0), ("lwf", "alpha", -1.0),
+    ("lwf", "temperature", 0.0), ("lwf", "temperature", -2.0), ("lwf", "alpha", -1.0), ("lwf", "teacher_bn", "eval"),
     ("si", "lr", 0.0),
 ])
 def test_configs_reject_invalid_values_naming_the_field(name, field, value):

@@ -1,5 +1,5 @@
 """bn_stats="task" (fine-tuning, the regularisers, LwF, the replay methods, MIGU): each task evaluated with its own
-BatchNorm statistics, on real MNIST-5k digits through the training loop."""
+BatchNorm statistics, on real MNIST-5k digits through the training loop; and LwF's teacher_bn."""
 import copy
 import json
 
@@ -152,3 +152,40 @@ def test_a_run_killed_in_the_second_task_resumes_to_the_uninterrupted_result(nam
     got = run(method_class(name)(bn_stats="task"), _bn_net(_stream()), _stream(), checkpoint_dir=tmp_path,
               resume=True, **kw)
     assert got.R == ref.R and got.R[1][0] != 0.0
+
+
+
+def _sequential_forward(net, x, batch_stats):
+    """``net`` (an nn.Sequential) layer by layer, each BatchNorm written out with F.batch_norm: normalised with the
+    batch's own statistics or with the layer's running ones."""
+    for layer in net:
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            x = nn.functional.batch_norm(x, None if batch_stats else layer.running_mean,
+                                         None if batch_stats else layer.running_var, layer.weight, layer.bias,
+                                         training=batch_stats, eps=layer.eps)
+        else:
+            x = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("teacher_bn", ["running", "batch"])
+def test_lwf_teacher_normalises_as_teacher_bn_says_and_keeps_its_statistics(teacher_bn):
+    stream = _stream()
+    method = method_class("lwf")(teacher_bn=teacher_bn)
+    run(method, _bn_net(stream), stream, iters_per_task=20, batch_size=32, progress=False, readout=False)
+    teacher = method.old_model                      # the copy made when task 1 ended
+    before = _bn_buffers(teacher)
+    x = stream.tasks[1].train.x[:32]
+    with torch.no_grad():
+        got = teacher(x)
+        want = _sequential_forward(teacher, x, batch_stats=teacher_bn == "batch")
+        other = _sequential_forward(teacher, x, batch_stats=teacher_bn != "batch")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, other, rtol=1e-3, atol=1e-3)     # the two modes differ on this batch
+    assert all(torch.equal(v, before[k]) for k, v in _bn_buffers(teacher).items())   # its statistics never move
+    assert all(not p.requires_grad for p in teacher.parameters())
+    fresh = method_class("lwf")(teacher_bn=teacher_bn)          # a resumed run's teacher normalises alike
+    fresh.setup(_bn_net(stream), stream)
+    fresh.load_state_dict(copy.deepcopy(method.state_dict()))
+    with torch.no_grad():
+        assert torch.equal(fresh.old_model(x), got)
