@@ -37,6 +37,11 @@ class ConfigChecks:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{type(self).__name__}.{name} must be a bool, got {getattr(self, name)!r}")
 
+    def check_choice(self, name: str, choices: tuple) -> None:
+        v = getattr(self, name)
+        if v not in choices:
+            raise ValueError(f"{type(self).__name__}.{name} must be one of {choices}, got {v!r}")
+
     def check_int(self, name: str, minimum: int) -> None:
         v = getattr(self, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:

@@ -31,8 +31,7 @@ class TaskBNConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.bn_stats not in BN_STATS:
-            raise ValueError(f"{type(self).__name__}.bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
+        self.check_choice("bn_stats", BN_STATS)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

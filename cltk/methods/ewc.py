@@ -69,8 +69,7 @@ class EWCConfig(TaskBNConfig):
     def validate(self) -> None:
         super().validate()
         self.check_nonnegative("lambda_")
-        if self.fisher not in FISHER_LABELS:
-            raise ValueError(f"{type(self).__name__}.fisher must be one of {FISHER_LABELS}, got {self.fisher!r}")
+        self.check_choice("fisher", FISHER_LABELS)
         if self.fisher_samples is not None:
             self.check_int("fisher_samples", 1)
         if self.fisher_chunk is not None:

@@ -50,8 +50,7 @@ class LwFConfig(TaskBNConfig):
         super().validate()
         self.check_positive("temperature")
         self.check_nonnegative("alpha")
-        if self.teacher_bn not in TEACHER_BN:
-            raise ValueError(f"LwFConfig.teacher_bn must be one of {TEACHER_BN}, got {self.teacher_bn!r}")
+        self.check_choice("teacher_bn", TEACHER_BN)
 
 
 def soft_cross_entropy(logits: Tensor, target_logits: Tensor, temperature: float) -> Tensor:

@@ -154,7 +154,6 @@ def test_a_run_killed_in_the_second_task_resumes_to_the_uninterrupted_result(nam
     assert got.R == ref.R and got.R[1][0] != 0.0
 
 
-
 def _sequential_forward(net, x, batch_stats):
     """``net`` (an nn.Sequential) layer by layer, each BatchNorm written out with F.batch_norm: normalised with the
     batch's own statistics or with the layer's running ones."""
