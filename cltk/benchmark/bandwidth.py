@@ -49,14 +49,31 @@ class Bandwidth:
 
 
 def cpu_model() -> str:
+    """The CPU's model name, its family and model numbers (a VM's name, e.g. "AMD EPYC", can stand for CPUs of
+    different generations) and the CPU capability cltk's kernels were built for, e.g.
+    "AMD EPYC (family 25, model 17; cltk AVX512)"."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break  # the first processor's block is enough
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']}, model {fields['model']}")
+    try:
+        from cltk import _build_info
+        details.append(f"cltk {_build_info.CPU_CAPABILITY}")
+    except ImportError:  # a checkout without a build
+        pass
+    return f"{name} ({'; '.join(details)})" if details else name
 
 
 def device_name(device: Any) -> str:
