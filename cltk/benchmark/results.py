@@ -46,14 +46,16 @@ def now_utc() -> str:
 
 
 def git_commit(path: Optional[str] = None) -> str:
-    """Short commit of the checkout containing ``path`` (this file by default), with ``-dirty`` when modified."""
+    """Short commit of the checkout containing ``path`` (this file by default), with ``-dirty`` when modified
+    (changes to the results under bench/results/, which a bench run writes itself, do not count)."""
     cwd = path or os.path.dirname(os.path.abspath(__file__))
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, timeout=10).stdout.strip()
         if not sha:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)bench/results"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
