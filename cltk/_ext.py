@@ -6,6 +6,7 @@ pure-PyTorch ``*_ref``. ``CLTK_DISABLE_C=1`` forces the reference path.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 
@@ -37,7 +38,7 @@ def _load() -> None:
         )
     else:
         try:
-            from cltk import _C  # noqa: F401  (loading runs the op registrations)
+            importlib.import_module("cltk._C")  # loading runs the op registrations
 
             _loaded = True
             return

@@ -2,6 +2,7 @@
 subprocesses, append CSV rows."""
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -41,7 +42,7 @@ def run_case(case: Case, *, bench_file: Optional[str] = None, quick: bool = Fals
     log(f"  {case.id}: timing {', '.join(case.providers)} ({case.runs} runs, {threads} thread)")
     t_start, c_start = time.time(), _cpu_seconds()
     fns = case.build_checked()
-    setup = (lambda: case.setup(fns)) if case.setup is not None else None
+    setup = functools.partial(case.setup, fns) if case.setup is not None else None
     results = compare(fns, baseline=case.baseline, runs=case.runs, warmup=case.warmup, setup=setup,
                       threads=threads, device=dev if dev.type == "cuda" else None)
     del fns, setup
