@@ -120,8 +120,7 @@ class L2RConfig(ConfigChecks):
         self.validate()
 
     def validate(self) -> None:
-        if self.variant not in ("synapse", "neuron"):
-            raise ValueError(f"L2RConfig.variant must be 'synapse' or 'neuron', got {self.variant!r}")
+        self.check_choice("variant", ("synapse", "neuron"))
         for n in ("hidden", "hidden_conv", "hidden_norm", "lstm_layers", "batch_size", "trunc_start", "trunc_max",
                   "trunc_every", "threshold_every", "inner_steps"):
             self.check_int(n, 1)

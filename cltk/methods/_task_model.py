@@ -90,10 +90,8 @@ class FrozenBackboneConfig(MethodConfig):
         super().validate()
         if self.head_lr is not None:
             self.check_positive("head_lr")
-        if self.bn_stats not in ("task", "frozen"):
-            raise ValueError(f"{type(self).__name__}.bn_stats must be 'task' or 'frozen', got {self.bn_stats!r}")
-        if self.bn_affine not in ("frozen", "task"):
-            raise ValueError(f"{type(self).__name__}.bn_affine must be 'frozen' or 'task', got {self.bn_affine!r}")
+        self.check_choice("bn_stats", ("task", "frozen"))
+        self.check_choice("bn_affine", ("frozen", "task"))
         if self.bn_momentum is not None:
             self.check_range("bn_momentum", 0.0, 1.0, lo_open=True)
         self.check_int("bn_recalibrate", 0)

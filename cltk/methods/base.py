@@ -79,8 +79,7 @@ class MethodConfig(ConfigChecks):
         return out
 
     def validate(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"{type(self).__name__}.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        self.check_choice("optimizer", ("adam", "sgd"))
         self.check_positive("lr")
         self.check_nonnegative("momentum")
         self.check_nonnegative("weight_decay")

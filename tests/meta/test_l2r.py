@@ -130,7 +130,7 @@ def test_checkpoint_round_trip_and_wrong_layer_shape(data, tmp_path):
 
 @pytest.mark.parametrize("field,value,msg", [
     ("lr", 0.0, "L2RConfig.lr must be > 0"),
-    ("variant", "row", "L2RConfig.variant must be 'synapse' or 'neuron'"),
+    ("variant", "row", r"L2RConfig.variant must be one of \('synapse', 'neuron'\), got 'row'"),
     ("lstm_layers", 0, "L2RConfig.lstm_layers must be an integer >= 1"),
     ("hidden", 2.5, "L2RConfig.hidden must be an integer"),
     ("threshold_growth", 0.5, "L2RConfig.threshold_growth must be >= 1"),
