@@ -569,14 +569,12 @@ void backward_chunk_dense(const Job<scalar_t>& job, bool align_corners, int64_t 
       dense_span<scalar_t, 0, M2 - 1>(g, w, cw, I, a, b, acc);
       dense_span<scalar_t, 1, M2 - 1>(g, w, cw, I, b, jv, acc);
       int64_t j = jv;  // the tail follows
-#if defined(CPU_CAPABILITY_AVX512)
       if (kMaskedTail && j < I) {  // the tail as one masked partial vector (the whole row of a depthwise 3x3 weight)
         const int64_t c = I - j;
         const Vec p = Vec::loadu(g + j, c) * Vec::loadu(w + j, c);
         for (int k = 0; k < M2; ++k) acc[k] = at::vec::fmadd(p, Vec::loadu(cw + k * I + j, c), acc[k]);
         j = I;
       }
-#endif
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
       if constexpr (M2 == 4 && std::is_same<scalar_t, float>::value) {
         // The four lane sums at once (three horizontal adds and one add of the halves), and the four row taps'

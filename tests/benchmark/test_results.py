@@ -72,3 +72,27 @@ def test_environment_fields_describe_the_run():
     env = results.environment_fields("cpu", 1)
     assert env["threads"] == 1 and env["device"] == "cpu"
     assert env["cpu_model"] and env["torch_version"] and env["commit"] and env["timestamp"].endswith("+00:00")
+
+
+def test_git_commit_is_dirty_for_source_changes_but_not_for_bench_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "bench" / "results" / "bench.csv").write_text("a\n")
+    (tmp_path / "pkg" / "src.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    clean = results.git_commit(str(tmp_path / "pkg"))
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "bench" / "results" / "bench.csv").write_text("a\nb\n")    # what a bench run writes
+    assert results.git_commit(str(tmp_path / "pkg")) == clean
+    (tmp_path / "bench" / "results" / "bench.csv").write_text("a\n")
+    (tmp_path / "README.md").write_text("untracked files do not count\n")
+    assert results.git_commit(str(tmp_path / "pkg")) == clean
+    (tmp_path / "pkg" / "src.py").write_text("x = 2\n")                    # a source change, outside the cwd too
+    assert results.git_commit(str(tmp_path / "bench")) == clean + "-dirty"
