@@ -69,16 +69,21 @@ constexpr int64_t kDenseMaxColumnBytes = 24 << 10;
 constexpr int64_t kStreamMinBytes = int64_t(8) << 20;
 
 // The forward and the column-first backward prefetch their streamed inputs this far ahead (one line of each per 64
-// bytes read). Their loops have a few more instructions per element than torch.mul or a dot product, so fewer loads
-// are in flight (AVX2, cold caches, 1 thread): with the prefetch the backward of the 34 1x1 weights of MobileNetV2
-// went from 1.3-1.4x to 1.0-1.1x the time of torch.dot over the same G and W (1 KiB and 2 KiB alike, 4 KiB slower on
-// the 1000x1280 classifier; without it the column-first pass was no faster than the row-first one), the forward of
-// all 53 weights from 0.99-1.04x to 0.89-0.96x torch.mul(out=), and the 4096x4096 forward from 8.6-10.0 to 8.0-8.2
-// ms. In the row-first backward (eight interleaved streams) it made the 4096x4096 backward slower (12.2 vs 10.1 ms).
-constexpr int64_t kPrefetchBytes = 2048;
-// A hint only (never faults), so it may point past the end of the tensor.
+// bytes read), into L2 (prefetcht1), not L1. Their loops have a few more instructions per element than torch.mul or a
+// dot product, so fewer loads are in flight (AVX2, cold caches, 1 thread): with a prefetch the backward of the 34 1x1
+// weights of MobileNetV2 went from 1.3-1.4x to 1.0-1.1x the time of torch.dot over the same G and W (without it the
+// column-first pass was no faster than the row-first one), the forward of all 53 weights from 0.99-1.04x to
+// 0.89-0.96x torch.mul(out=), and the 4096x4096 forward from 8.6-10.0 to 8.0-8.2 ms. That was 2 KiB ahead into L1
+// (prefetcht0). On a Zen 4 (AVX-512) the L1 prefetch gained nothing: the column-first loop over the 53 weights ran at
+// 1.4-1.5x a dot product's time cold with it and without it, and at the dot product's rate with prefetcht1 4-8 KiB
+// ahead (2 KiB: 1.1x, 1 KiB: 1.25x; a standalone loop, median of 31); the backward of the op went from 1.14-1.36x to
+// 0.87-1.07x torch.dot's time, the engine-seeded call from 5.3-5.5 to 4.5-4.7 ms (alternating processes). In the
+// row-first backward (eight interleaved streams) the L1 prefetch made the 4096x4096 backward slower (12.2 vs 10.1 ms).
+constexpr int64_t kPrefetchBytes = 4096;
+// A hint only (never faults), so it may point past the end of the tensor. Locality 2: prefetcht1, into L2; probably
+// the lines prefetched into L1 pushed out the column planes and U's rows, which the loops reread from L1.
 inline void prefetch_ahead(const void* p) {
-  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + kPrefetchBytes), 0, 3);
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + kPrefetchBytes), 0, 2);
 }
 // Whether a vector loop at element j (a multiple of the vector size) starts a 64-byte line: the loops prefetch once
 // per line, every second vector with AVX2 and every vector with AVX-512.
