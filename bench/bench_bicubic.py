@@ -17,18 +17,20 @@ can pass 100% of copy.
 
 The backward of every provider is seeded through the autograd engine (_grad below), as in a training step.
 
-Measured 2026-12-02 on the 2-core AMD EPYC VM (AVX2), torch 2.13 CPU, 1 thread, median of 9 runs of process CPU
-time per run; eight runs of `cltk bench --kernel bicubic` (copy bandwidth 17.7-19.0 GB/s, the host's fastest state
-seen), median of the eight:
-  1280x320 (4,4)   cltk_out 0.31 ms (0.30-0.34) vs ref_interp 17.8 ms: 57.7x                    goal >= 25x: met
-  4096^2 (4,4)     cltk_out 12.8 ms (12.1-14.0), 108-118% of copy bw, 0.5-0.9 MiB peak extra
-                   vs ref_separable 102-110 ms (128 MiB extra): 8.2x                         goal >= 5x: met
-  4096^2 (8,8)     cltk_out 13.6 ms (13.0-14.4), 99-109%: 8.0x                               goal >= 5x: met
-  MobileNetV2 53   cltk_multi_out 4.26 ms (3.98-4.42) vs ref_interp_per_layer 155-161 ms:
-                   37.5x (36.3x-39.3x). Of the 49 runs recorded on 2026-12-01 and 12-02 (this code
-                   and the version before its C++ autograd node), 16 are under 30x: 15 at copy
-                   bandwidth of at most 13 GB/s, one (29.8x) at 14.5-16.7. The call moves with the
-                   host's memory speed, the compute-bound baseline less     goal >= 30x: met on a fast host only
+Measured 2026-12-03 on the 2-core AMD EPYC VM (Zen 4, AVX-512 build), torch 2.13 CPU, 1 thread, median of 9 runs of
+process CPU time per run; nine runs of `cltk bench --kernel bicubic` (copy bandwidth 18.7-22.9 GB/s), median of the
+nine:
+  1280x320 (4,4)   cltk_out 0.28 ms (0.24-0.32) vs ref_interp 17.9 ms: 62.5x (56.1-79.8x)     goal >= 25x: met
+  4096^2 (4,4)     cltk_out 16.5 ms (15.1-16.9), 71-91% of copy bw, 0.4-0.7 MiB peak extra
+                   vs ref_separable 159-186 ms (128 MiB extra): 10.3x (9.8-11.6x)          goal >= 5x: met
+  4096^2 (8,8)     cltk_out 17.5 ms (14.4-18.3), 72-92%: 9.7x (8.7-10.0x)                    goal >= 5x: met
+  MobileNetV2 53   cltk_multi_out 3.99 ms (3.64-5.04) vs ref_interp_per_layer 138-178 ms:
+                   38.0x (33.9-46.0x; all nine at or above 30x)                             goal >= 30x: met
+The AVX2 build of the same code on the same machine (three runs): multi-tensor 32.5-35.8x, 1280x320 54.4-58.5x.
+Before the streamed inputs were prefetched into L2 (the same machine, the same day), the multi-tensor call took
+4.9-5.3 ms and met 30x in five of nine runs; on the AVX2 VM of 2026-12-01 and 12-02 (older code) 16 of 49 runs were
+under 30x, 15 of them at copy bandwidth of at most 13 GB/s: the call moves with the host's memory speed, the
+compute-bound baseline less.
 Where the multi-tensor time goes (cold caches in the harness, autograd for 53 outputs): docs/bicubic_kernels.md.
 """
 from __future__ import annotations
