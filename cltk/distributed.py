@@ -29,8 +29,16 @@ unconditionally):
   drawn for the global batch size, so that the replayed examples split over the ranks like the current ones).
 
 Hooks that only read the parameters or the gradients (penalties, gradient masks, projections) need nothing: the
-parameters and the averaged gradients are the same on every rank. Per-sample statistics of a forward pass (for
-example BatchNorm's running statistics) are per rank.
+parameters and the averaged gradients are the same on every rank.
+
+BatchNorm's running statistics are updated by each rank from its own shard during a task. The loop averages them
+over the ranks (:func:`all_reduce_batchnorm_stats`) at the end of every task, before ``method.after_task`` (which may
+store them, as ``bn_stats="task"`` does) and before rank 0 evaluates, and before every checkpoint within a task (so
+a resumed run continues from the state the uninterrupted one has). The averaged running mean is the single-process
+running mean of the global batches (the shards are equal); the averaged running variance is the mean of the
+shards' variances, which leaves out the spread between the shard means. In training mode BatchNorm normalises
+with each shard's own batch statistics, so a network with BatchNorm layers that train does not follow the
+single-process run exactly.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_mean", "all_reduce_gradients",
-           "all_gather_cat", "broadcast_object", "broadcast_module", "shard", "shard_of", "init_from_env", "destroy"]
+           "all_reduce_batchnorm_stats", "all_gather_cat", "broadcast_object", "broadcast_module", "shard", "shard_of", "init_from_env", "destroy"]
 
 
 def is_distributed() -> bool:
@@ -111,6 +119,29 @@ def all_reduce_gradients(params: Iterable[Tensor]) -> None:
             else:
                 p.grad.copy_(g)
         offset += n
+
+
+def all_reduce_batchnorm_stats(module: torch.nn.Module) -> int:
+    """Average the BatchNorm running statistics of ``module`` over all ranks, in place, with one collective over one
+    flat buffer: every floating-point buffer named ``running_mean`` or ``running_var`` of its submodules
+    (``nn.BatchNorm*`` and :class:`cltk.nn.backbones.TaskBatchNorm2d`'s per-task sets alike). Returns the number of
+    buffers averaged; 0, with nothing done, in a single process or when ``module`` has none."""
+    if not is_distributed():
+        return 0
+    bufs = list({id(b): b for name, b in module.named_buffers()
+                 if name.rsplit(".", 1)[-1] in ("running_mean", "running_var") and b.is_floating_point()}.values())
+    if not bufs:
+        return 0
+    flat = torch.cat([b.detach().reshape(-1).double() for b in bufs])
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    flat.div_(world_size())
+    offset = 0
+    with torch.no_grad():
+        for b in bufs:
+            n = b.numel()
+            b.copy_(flat[offset:offset + n].view_as(b))
+            offset += n
+    return len(bufs)
 
 
 def all_gather_cat(x: Tensor) -> Tensor:

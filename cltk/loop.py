@@ -30,7 +30,8 @@ as at the task's start, then loads the optimizer's and the method's state (so ``
 restore the state at the step whatever ``before_task`` set), then the RNG states.
 
 Under torch.distributed (see :mod:`cltk.distributed`) each rank trains on its shard of every global minibatch and
-the gradients are averaged after ``backward``; rank 0 evaluates and writes checkpoints.
+the gradients are averaged after ``backward``; BatchNorm running statistics are averaged at the end of each task and
+before each checkpoint; rank 0 evaluates and writes checkpoints.
 """
 from __future__ import annotations
 
@@ -478,11 +479,14 @@ def run(method: Union[Method, str], model: Union[nn.Module, str], stream: Stream
                 if state.step % 50 == 0:
                     bar.set_postfix(task=task.index, loss=f"{loss.item():.3f}", refresh=False)
                 if checkpoint_every and state.step % checkpoint_every == 0 and state.step < iters_per_task:
+                    if ckpt is not None:  # the checkpoint holds the averaged statistics every rank resumes from
+                        dist.all_reduce_batchnorm_stats(model)
                     state.generator = g.get_state()
                     state.task_elapsed_s += meter.elapsed()
                     meter.t0 = time.perf_counter()
                     save()
             state.generator = g.get_state()
+            dist.all_reduce_batchnorm_stats(model)     # each rank's statistics saw its shards only
             method.after_task(task)
             state.R.append(evaluate(lambda: [evaluate_task(method, model, other, task.index, device, eval_batch_size,
                                                            eval_split) for other in stream.tasks]))
