@@ -190,17 +190,21 @@ def test_two_gloo_processes_equal_one(name, tmp_path):
     compare(name, tmp_path / "one", tmp_path / "two")
 
 
-def test_two_processes_average_batchnorm_statistics(tmp_path):
-    """Fine-tuning EfficientNet-Lite0 with bn_stats="task", one step per task: each rank's BatchNorm layers see half
-    of the batch. Task 0's stored running mean of the stem's BatchNorm (whose input is the same in both runs) equals
-    the single-process one only when the ranks' statistics are averaged before they are stored."""
-    def args(out):
-        return ["run", "--method", "finetune", "--set", "bn_stats=task", "--set", "optimizer=sgd", "--set", "lr=0.01",
-                *data_args("awm"), "--scenario", "task", "--seeds", "1", "--batch-size", "16", "--threads", "1",
-                "--no-progress", "--out", str(out), "--checkpoint-every", "1000"]
+def bn_finetune_args(out, iters=1, checkpoint_every=1000):
+    """Fine-tuning EfficientNet-Lite0 (BatchNorm layers that train) with per-task BatchNorm statistics."""
+    args = data_args("awm")
+    args[args.index("--iters") + 1] = str(iters)
+    return ["run", "--method", "finetune", "--set", "bn_stats=task", "--set", "optimizer=sgd", "--set", "lr=0.01",
+            *args, "--scenario", "task", "--seeds", "1", "--batch-size", "16", "--threads", "1", "--no-progress",
+            "--out", str(out), "--checkpoint-every", str(checkpoint_every), "--keep-checkpoints", "100"]
 
-    launch([sys.executable, "-m", "cltk", *args(tmp_path / "one")])
-    launch([sys.executable, "-m", "cltk", *args(tmp_path / "two"), "--nproc", "2"])
+
+def test_two_processes_average_batchnorm_statistics(tmp_path):
+    """One step per task: each rank's BatchNorm layers see half of the batch. Task 0's stored running mean of the
+    stem's BatchNorm (whose input is the same in both runs) equals the single-process one only when the ranks'
+    statistics are averaged before they are stored."""
+    launch([sys.executable, "-m", "cltk", *bn_finetune_args(tmp_path / "one")])
+    launch([sys.executable, "-m", "cltk", *bn_finetune_args(tmp_path / "two"), "--nproc", "2"])
     stem = []
     for out in ("one", "two"):
         ck = load_checkpoint(os.path.join(tmp_path, out, "checkpoints", "finetune-task-seed1",
@@ -209,6 +213,34 @@ def test_two_processes_average_batchnorm_statistics(tmp_path):
     # Averaged: within 7e-6 of one process (convolutions and means over batches of 8 and 16 round differently;
     # values up to 1.4). Rank 0's own statistics, not averaged: up to 9e-3 off.
     torch.testing.assert_close(stem[1], stem[0], rtol=0, atol=1e-4)
+
+
+def test_two_processes_resumed_within_a_task_keep_batchnorm_statistics(tmp_path):
+    """Two steps per task, a checkpoint after every step, two processes. Resumed from the checkpoint after task 0's
+    first step, both ranks load rank 0's file; the run equals the uninterrupted one exactly only because the ranks'
+    BatchNorm statistics are averaged before every checkpoint (otherwise rank 1 continues from its own in one run
+    and from rank 0's in the other, and the statistics stored at the task's end differ)."""
+    import shutil
+
+    ref = tmp_path / "ref"
+    launch([sys.executable, "-m", "cltk", *bn_finetune_args(ref, iters=2, checkpoint_every=1), "--nproc", "2"])
+    cut = tmp_path / "cut"
+    ckdir = cut / "checkpoints" / "finetune-task-seed1"
+    ckdir.mkdir(parents=True)
+    first = checkpoint_name(0, 1)
+    shutil.copy(ref / "checkpoints" / "finetune-task-seed1" / first, ckdir / first)
+    launch([sys.executable, "-m", "cltk", *bn_finetune_args(cut, iters=2, checkpoint_every=1), "--nproc", "2",
+            "--resume"])
+    final = checkpoint_name(AWM_TASKS, 0)
+    a = load_checkpoint(ref / "checkpoints" / "finetune-task-seed1" / final)
+    b = load_checkpoint(ckdir / final)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for task, stored in a["method"]["task_bn"].items():
+        assert all(torch.equal(x, y) for x, y in zip(stored, b["method"]["task_bn"][task])), task
+    with open(ref / "results.json", encoding="utf-8") as f, open(cut / "results.json", encoding="utf-8") as g:
+        ra, rb = json.load(f)["runs"][0], json.load(g)["runs"][0]
+    assert ra["R"] == rb["R"]
 
 
 def test_torchrun_equals_one_process(tmp_path):
