@@ -6,9 +6,13 @@ accuracy that no penalty on the weights can prevent. With ``bn_stats="task"`` th
 BatchNorm layer, as they stand when a task's training ends, are stored and loaded whenever that task is evaluated
 (the task id selects them, as it selects the head in task-IL). Training is unchanged. A task costs
 ``2 * sum(channels)`` stored values (not trained; ``added_parameters`` counts trained parameters only).
+
+:func:`frozen_copy` makes the frozen teacher of the distilling methods (LwF, iCaRL), with their ``teacher_bn``
+choice of how its BatchNorm layers normalise.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,6 +23,7 @@ from cltk.methods.base import FINGERPRINT_OMIT_DEFAULT, MethodConfig
 from cltk.streams.base import Stream, Task
 
 BN_STATS = ("shared", "task")
+TEACHER_BN = ("running", "batch")
 
 
 @dataclass
@@ -112,3 +117,26 @@ class TaskBNStats:
         super().load_state_dict(state)         # type: ignore[misc]
         if self._per_task():
             self._task_bn = {int(k): [b.clone() for b in v] for k, v in state.get("task_bn", {}).items()}
+
+
+def frozen_copy(model: nn.Module, teacher_bn: str = "running") -> nn.Module:
+    """A frozen copy of ``model`` (a teacher for distillation): inference mode, no parameter requires grad.
+
+    ``teacher_bn``: ``"running"`` normalises its BatchNorm layers with the running statistics the copy was made with;
+    ``"batch"`` normalises each minibatch with its own statistics, as the training model does, and neither uses nor
+    updates the copy's running statistics. On a network with BatchNorm and a shift of input distribution between
+    tasks the two differ: with ``"running"`` the training model is pulled towards outputs computed under other
+    normalisation than its own."""
+    if teacher_bn not in TEACHER_BN:
+        raise ValueError(f"frozen_copy: teacher_bn must be one of {TEACHER_BN}, got {teacher_bn!r}")
+    old = copy.deepcopy(model)
+    old.eval()
+    if teacher_bn == "batch":
+        for m in old.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+                m.track_running_stats = False
+    old.zero_grad(set_to_none=True)
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old

@@ -13,21 +13,25 @@
   for every class ``c`` with exemplars (re-normalised class means of normalised features, recomputed after each
   task with the current network) and ``-inf`` for the other units; the argmax is the nearest mean.
 
+The previous network (the distillation targets) is a frozen copy; ``teacher_bn`` chooses how its BatchNorm layers
+normalise, as LwF's: ``"running"`` (default, inference mode) or ``"batch"`` (each minibatch with its own statistics,
+as the training model; :func:`cltk.methods._task_bn.frozen_copy`).
+
 The feature ``phi(x)`` is the input of the classifier layer: the module named ``feature_layer``, by default the
 last ``nn.Linear`` of the model. Class-IL, and task-IL (trained the same way, evaluated on the task's own units);
 domain-IL is not supported, since its tasks share output units and so classes.
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cltk.methods.base import Batch, Method, MethodConfig, register
+from cltk.methods._task_bn import TEACHER_BN, frozen_copy
+from cltk.methods.base import FINGERPRINT_OMIT_DEFAULT, Batch, Method, MethodConfig, register
 from cltk.streams.base import Stream, Task
 
 __all__ = ["ICaRL", "ICaRLConfig", "herding_selection"]
@@ -61,14 +65,18 @@ class ICaRLConfig(MethodConfig):
     """iCaRL. ``memory_size`` K = 2000 as in the paper (CIFAR-100, 100 classes); Buzzega et al. 2020 compare
     at 200/500/5120 on split-MNIST. ``feature_layer``: name (as in ``model.named_modules()``) of the classifier
     layer whose input is the feature vector; empty: the last ``nn.Linear``. The paper trains with SGD, lr 2.0,
-    batch 128, weight decay 1e-5 for 70 epochs; here the optimizer fields are shared with the other methods."""
+    batch 128, weight decay 1e-5 for 70 epochs; here the optimizer fields are shared with the other methods.
+    ``teacher_bn``: ``"running"`` or ``"batch"``, how the previous network's BatchNorm layers normalise (module
+    docstring)."""
 
     memory_size: int = 2000
     feature_layer: str = ""
+    teacher_bn: str = field(default="running", metadata={FINGERPRINT_OMIT_DEFAULT: True})
 
     def validate(self) -> None:
         super().validate()
         self.check_int("memory_size", 1)
+        self.check_choice("teacher_bn", TEACHER_BN)
         if not isinstance(self.feature_layer, str):
             raise ValueError(f"ICaRLConfig.feature_layer must be a module name (str), got {self.feature_layer!r}")
 
@@ -172,9 +180,7 @@ class ICaRL(Method):
             self._update_class_means(model)
         finally:
             model.train(was_training)
-        self.old_model = copy.deepcopy(model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
+        self.old_model = frozen_copy(model, self.config.teacher_bn)
 
     def _update_class_means(self, model: nn.Module) -> None:
         n = self._need_stream().n_outputs
@@ -221,7 +227,5 @@ class ICaRL(Method):
         else:
             if self.model is None:
                 raise RuntimeError("ICaRL.load_state_dict: call setup(model, stream) first")
-            self.old_model = copy.deepcopy(self.model).eval()
+            self.old_model = frozen_copy(self.model, self.config.teacher_bn)
             self.old_model.load_state_dict(state["old_model"])
-            for p in self.old_model.parameters():
-                p.requires_grad_(False)

@@ -19,20 +19,17 @@ normalisation than its own (docs/methods_regularize.md has a measured case). Li 
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from cltk.methods._task_bn import TaskBNConfig, TaskBNStats
+from cltk.methods._task_bn import TEACHER_BN, TaskBNConfig, TaskBNStats, frozen_copy
 from cltk.methods.base import FINGERPRINT_OMIT_DEFAULT, Batch, Method, register
 from cltk.streams.base import Task
 
 __all__ = ["LwFConfig", "LwF", "soft_cross_entropy"]
-
-TEACHER_BN = ("running", "batch")
 
 
 @dataclass
@@ -104,17 +101,7 @@ class LwF(TaskBNStats, Method):
         return loss if distill is None else loss + self.config.alpha * distill
 
     def _frozen_copy(self) -> nn.Module:
-        old = copy.deepcopy(self.model)
-        old.eval()
-        if self.config.teacher_bn == "batch":     # batch statistics; the running ones are neither used nor updated
-            for m in old.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train()
-                    m.track_running_stats = False
-        old.zero_grad(set_to_none=True)
-        for p in old.parameters():
-            p.requires_grad_(False)
-        return old
+        return frozen_copy(self.model, self.config.teacher_bn)
 
     def after_task(self, task: Task) -> None:
         super().after_task(task)   # TaskBNStats: this task's BatchNorm statistics

@@ -348,7 +348,7 @@ def test_icarl_class_il_beats_finetune_on_task0():
     ("er", "buffer_size", 0), ("er", "buffer_size", 2.5), ("er", "replay_batch_size", -1), ("er", "seed", -3),
     ("er", "balanced", "yes"), ("agem", "buffer_size", 0), ("derpp", "buffer_size", 0),
     ("derpp", "alpha", -0.1), ("derpp", "beta", float("nan")), ("icarl", "memory_size", 0),
-    ("icarl", "feature_layer", 3),
+    ("icarl", "feature_layer", 3), ("icarl", "teacher_bn", "eval"),
 ])
 def test_invalid_configs_name_the_field(name, field, value):
     with pytest.raises(ValueError, match=field):

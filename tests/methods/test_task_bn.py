@@ -1,5 +1,5 @@
 """bn_stats="task" (fine-tuning, the regularisers, LwF, the replay methods, MIGU): each task evaluated with its own
-BatchNorm statistics, on real MNIST-5k digits through the training loop; and LwF's teacher_bn."""
+BatchNorm statistics, on real MNIST-5k digits through the training loop; and LwF's and iCaRL's teacher_bn."""
 import copy
 import json
 
@@ -167,10 +167,11 @@ def _sequential_forward(net, x, batch_stats):
     return x
 
 
+@pytest.mark.parametrize("name", ["lwf", "icarl"])
 @pytest.mark.parametrize("teacher_bn", ["running", "batch"])
-def test_lwf_teacher_normalises_as_teacher_bn_says_and_keeps_its_statistics(teacher_bn):
+def test_teacher_normalises_as_teacher_bn_says_and_keeps_its_statistics(name, teacher_bn):
     stream = _stream()
-    method = method_class("lwf")(teacher_bn=teacher_bn)
+    method = method_class(name)(teacher_bn=teacher_bn)
     run(method, _bn_net(stream), stream, iters_per_task=20, batch_size=32, progress=False, readout=False)
     teacher = method.old_model                      # the copy made when task 1 ended
     before = _bn_buffers(teacher)
@@ -183,8 +184,14 @@ def test_lwf_teacher_normalises_as_teacher_bn_says_and_keeps_its_statistics(teac
     assert not torch.allclose(got, other, rtol=1e-3, atol=1e-3)     # the two modes differ on this batch
     assert all(torch.equal(v, before[k]) for k, v in _bn_buffers(teacher).items())   # its statistics never move
     assert all(not p.requires_grad for p in teacher.parameters())
-    fresh = method_class("lwf")(teacher_bn=teacher_bn)          # a resumed run's teacher normalises alike
+    fresh = method_class(name)(teacher_bn=teacher_bn)           # a resumed run's teacher normalises alike
     fresh.setup(_bn_net(stream), stream)
     fresh.load_state_dict(copy.deepcopy(method.state_dict()))
     with torch.no_grad():
         assert torch.equal(fresh.old_model(x), got)
+
+
+def test_frozen_copy_names_a_bad_teacher_bn():
+    from cltk.methods._task_bn import frozen_copy
+    with pytest.raises(ValueError, match="teacher_bn must be one of .*'eval'"):
+        frozen_copy(nn.Linear(2, 2), "eval")
