@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "barrier", "all_reduce_mean", "all_reduce_gradients",
-           "all_reduce_batchnorm_stats", "all_gather_cat", "broadcast_object", "broadcast_module", "shard", "shard_of", "init_from_env", "destroy"]
+           "all_reduce_batchnorm_stats", "all_gather_cat", "broadcast_object", "broadcast_module", "shard", "shard_of",
+           "init_from_env", "destroy"]
 
 
 def is_distributed() -> bool:
