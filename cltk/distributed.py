@@ -133,9 +133,7 @@ def all_reduce_batchnorm_stats(module: torch.nn.Module) -> int:
                  if name.rsplit(".", 1)[-1] in ("running_mean", "running_var") and b.is_floating_point()}.values())
     if not bufs:
         return 0
-    flat = torch.cat([b.detach().reshape(-1).double() for b in bufs])
-    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
-    flat.div_(world_size())
+    flat = all_reduce_mean(torch.cat([b.detach().reshape(-1).double() for b in bufs]))
     offset = 0
     with torch.no_grad():
         for b in bufs:
